@@ -1,0 +1,39 @@
+# glio-kit: the two commands are `make demo` and `make test`; `make lab` opens JupyterLab.
+# Each target creates .venv and installs what it needs, so each works alone on a fresh clone.
+#
+# torch: CI and CPU laptops get the pinned CPU build below. For a GPU, install a CUDA build
+# of torch into .venv first (see README "GPU"); the install step keeps a torch it finds.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lab install clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole chain on the built-in synthetic cohort (demo profile) into runs/demo/.
+demo: $(STAMP)
+	$(BIN)/glio-kit run --profile demo --run-dir runs/demo
+
+# Unit tests, then every notebook under nbval in the smoke profile (fresh temporary run folder).
+test: $(STAMP)
+	tmp=$$(mktemp -d) && \
+	GLIO_KIT_PROFILE=smoke GLIO_KIT_RUN_DIR=$$tmp/run GLIO_KIT_DATA=$$tmp/data \
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax \
+	  --nbval-current-env; status=$$?; rm -rf $$tmp; exit $$status
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean-runs:
+	@echo "runs/ holds your results; remove it by hand if you really mean to: rm -rf runs/"
