@@ -56,7 +56,8 @@ def slice_montage(cache, n_subjects: int = 4, n_slices: int = 4, seed: int = 0):
         idx = cache.index.index[cache.index.subject == subject].to_numpy()
         # for tumour subjects, centre the columns on the slice with the most lesion
         centre = idx[np.argmax(cache.index.lesion_pixels.to_numpy()[idx])] if group.startswith("tumour") else idx[len(idx) // 2]
-        picks = np.clip(centre + np.arange(n_slices) - n_slices // 2, idx[0], idx[-1])
+        start = int(np.clip(centre - n_slices // 2, idx[0], max(idx[0], idx[-1] - n_slices + 1)))
+        picks = np.minimum(start + np.arange(n_slices), idx[-1])
         for c, i in enumerate(picks):
             show_slice(axes[r, c], cache.images[i], cache.lesion[i],
                        f"{subject} z={cache.index.slice_index[i]}" if c == 0 else f"z={cache.index.slice_index[i]}")
