@@ -68,7 +68,11 @@ def cmd_run(args) -> int:
 def cmd_batch(args) -> int:
     from .batch import run_batch
 
-    run_batch(args.grid, workers=args.workers, force=args.force)
+    table = run_batch(args.grid, workers=args.workers, force=args.force)
+    failed = table[~table["status"].isin(["ok", "done earlier"])] if "status" in table else table.iloc[:0]
+    if len(failed):
+        print(f"glio-kit: {len(failed)} of {len(table)} runs did not finish; see the summary", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,51 @@
+"""Static checks of the notebooks: stored clean, one parameters cell that papermill reads whole."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _cells(nb_path):
+    return json.loads(nb_path.read_text())["cells"]
+
+
+def _source(cell):
+    return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(nb):
+    for cell in _cells(nb):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs") and cell.get("execution_count") is None
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_is_read_whole_by_papermill(nb):
+    import papermill as pm
+
+    tagged = [c for c in _cells(nb) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    tree = ast.parse(_source(tagged[0]))
+    names = set()
+    for node in tree.body:
+        assert isinstance(node, ast.Assign), "the parameters cell holds plain assignments only"
+        ast.literal_eval(node.value)  # plain literals only; derived values go in the next cell
+        names |= {t.id for t in node.targets}
+    assert {"profile", "run_dir", "seed", "device"} <= names
+    assert set(pm.inspect_notebook(str(nb))) == names, "papermill could not parse every parameter line"
+
+
+def test_every_parameter_is_a_known_knob():
+    from glio_kit.config import BASE
+    from glio_kit.notebook import NON_KNOBS
+
+    for nb in NOTEBOOKS:
+        tagged = next(c for c in _cells(nb) if "parameters" in c.get("metadata", {}).get("tags", []))
+        names = {t.id for node in ast.parse(_source(tagged)).body for t in node.targets}
+        unknown = names - set(BASE) - set(NON_KNOBS)
+        assert not unknown, f"{nb.name}: parameters {unknown} are neither profile knobs nor {NON_KNOBS}"
