@@ -43,6 +43,7 @@ BASE = dict(
     beta2=0.999,
     checkpoint_every=10,
     amp=True,  # mixed precision on CUDA only
+    compare_paper_lr_epochs=5,  # notebook 02: a short side run at the paper's lr 0.002 (0 = skip)
     # --- latent mapping and scoring (AnoGAN: lambda 0.1, 500 steps)
     mapping="iterative",  # "iterative" | "encoder" | "encoder+iterative"
     mapping_steps=100,
@@ -76,6 +77,7 @@ PROFILES: dict[str, dict] = {
         epochs=2,
         batch_size=8,
         checkpoint_every=1,
+        compare_paper_lr_epochs=1,
         mapping_steps=5,
         mapping_batch_size=64,
         encoder_epochs=1,
