@@ -226,8 +226,7 @@ def test_load_models_and_figures(tmp_path):
     plt.close(fig)
     plt.close(T.plot_losses(run))
     plt.close(T.plot_real_vs_generated(run, cache, n=4))
-    for name in ("fig3_training_samples", "training_losses", "real_vs_generated"):
-        assert (run / "figures" / f"{name}.png").exists()
+    assert not list((run / "figures").glob("*.png"))  # plot functions return figures; notebooks save them
     with pytest.raises(ValueError, match="epoch"):
         T.plot_figure3(run, epochs=[7])
 
