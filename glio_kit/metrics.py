@@ -610,8 +610,31 @@ def misclassified(run, threshold: float | None = None) -> pd.DataFrame:
     wrong = test[test["predicted"] != test["label"]].copy()
     wrong["error"] = np.where(wrong["label"] == 1, "false negative", "false positive")
     wrong["margin"] = (wrong["score"] - threshold).abs()
-    return wrong.sort_values("margin", ascending=False)[["subject", "label", "score", "predicted", "error", "margin"]] \
-        .reset_index(drop=True)
+    cols = ["subject", "label", "score", "predicted", "error", "margin"]
+    info = cohort_annotations(run_path)
+    if info is not None:
+        wrong = wrong.merge(info, on="subject", how="left")
+        cols += [c for c in info.columns if c != "subject"]
+    return wrong.sort_values("margin", ascending=False)[cols].reset_index(drop=True)
+
+
+def cohort_annotations(run_path) -> pd.DataFrame | None:
+    """Per-subject facts a synthetic cohort records (``has_wmh``, ``lesion_ml``), or None.
+
+    Found through the prep step's record: the cohort's ``cohort.json`` sits beside its
+    ``train_healthy`` folder. Real cohorts have no such file.
+    """
+    rec = Path(run_path) / "steps" / "prep.json"
+    if not rec.exists():
+        return None
+    train_dir = json.loads(rec.read_text()).get("params", {}).get("train_healthy", "")
+    cj = Path(train_dir).parent / "cohort.json"
+    if not train_dir or not cj.exists():
+        return None
+    subjects = json.loads(cj.read_text()).get("subjects", [])
+    df = pd.DataFrame([{"subject": s.get("id"), "has_wmh": bool(s.get("has_wmh", False)),
+                        "lesion_ml": s.get("lesion_ml")} for s in subjects])
+    return df if len(df) else None
 
 
 # -------------------------------------------------------------------------- figures

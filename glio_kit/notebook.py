@@ -12,7 +12,9 @@ from .config import get_config
 from .runtime import RunDir, default_run_dir, header, seed_everything
 
 #: Notebook parameters that are not profile knobs.
-NON_KNOBS = ("profile", "run_dir", "train_healthy_dir", "test_healthy_dir", "test_tumor_dir", "overwrite")
+NON_KNOBS = ("profile", "run_dir", "train_healthy_dir", "test_healthy_dir", "test_tumor_dir", "overwrite",
+             # what notebook 04 shows; no effect on any result
+             "subject_healthy", "subject_tumor", "n_figure_slices")
 
 
 def parameters(namespace: dict) -> dict:

@@ -77,7 +77,11 @@ def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list
             nb_params["overwrite"] = True
         print(f"[glio-kit] {nb.name} -> {out}")
         t0 = time.time()
-        pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
-                            cwd=str(nb.parent), log_output=log_output, progress_bar=progress)
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
+                                cwd=str(nb.parent), log_output=log_output, progress_bar=progress)
+        except pm.PapermillExecutionError as err:
+            raise GlioKitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                               f"the executed notebook with the full traceback is {out}") from None
         report.append(dict(notebook=nb.name, status="ran", seconds=round(time.time() - t0, 1)))
     return report

@@ -1,0 +1,283 @@
+"""Scoring step: score_run end to end on a tiny cache, subject reduction, scaling on val only."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from glio_kit.config import get_config  # noqa: E402
+from glio_kit.errors import RunFolderError  # noqa: E402
+from glio_kit.mapping import load_encoder  # noqa: E402
+from glio_kit.preprocess import SliceCache  # noqa: E402
+from glio_kit.runtime import RunDir  # noqa: E402
+from glio_kit import scoring as S  # noqa: E402
+
+SIZE = (16, 16)
+N_SLICES = 3
+# (subject, label, split): 4 healthy train, 2 healthy val, 2 healthy test, 2 tumour test
+SUBJECTS = ([(f"TR{i}", 0, "train") for i in range(4)] + [(f"VA{i}", 0, "val") for i in range(2)]
+            + [(f"TH{i}", 0, "test") for i in range(2)] + [(f"TT{i}", 1, "test") for i in range(2)])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_cache(folder, seed=0, test_shift=0.0):
+    """A slice cache in SliceCache's format: noisy discs on a -1 background; tumour slices
+    get a bright blob (the lesion mask). ``test_shift`` brightens the test slices only."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = SIZE
+    n = len(SUBJECTS) * N_SLICES
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1:1:h * 1j, -1:1:w * 1j]
+    images = np.full((n, h, w), -1.0, np.float32)
+    brain = np.zeros((n, h, w), np.uint8)
+    lesion = np.zeros((n, h, w), np.uint8)
+    rows = []
+    for s, (subj, label, split) in enumerate(SUBJECTS):
+        for j in range(N_SLICES):
+            i = s * N_SLICES + j
+            r = 0.7 + 0.15 * rng.random()
+            m = (yy / r) ** 2 + (xx / (r * 0.85)) ** 2 < 1
+            img = np.clip(0.1 * rng.standard_normal((h, w)) + 0.5 * np.cos(3 * yy) - 0.2, -1, 1)
+            les = np.zeros_like(m)
+            if label == 1:
+                les = ((yy - 0.2) ** 2 + (xx + 0.2) ** 2 < 0.12) & m
+                img = np.where(les, 0.95, img)
+            if split == "test":
+                img = np.clip(img + test_shift, -1, 1)
+            images[i] = np.where(m, img, -1.0)
+            brain[i], lesion[i] = m, les
+            rows.append(dict(row=i, subject=subj, label=label, split=split, slice_index=10 + j, slice_pos=j,
+                             lesion_pixels=int(les.sum()), brain_pixels=int(m.sum()), image="", mask=""))
+    np.save(folder / "images.npy", images)
+    np.save(folder / "brain.npy", brain)
+    np.save(folder / "lesion.npy", lesion)
+    pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
+    (folder / "prep.json").write_text(json.dumps(dict(image_size=list(SIZE), n_slices=N_SLICES)))
+    return SliceCache(folder)
+
+
+def cfg_for(**kw):
+    cfg = get_config("smoke", image_size=16, ngf=8, ndf=8, epochs=1, batch_size=6, checkpoint_every=1,
+                     device="cpu", latent_dim=16, mapping_steps=6, mapping_batch_size=8, encoder_epochs=4)
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run folder with prep done (tiny cache) and a 1-epoch DCGAN."""
+    from glio_kit.train import train_dcgan
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = RunDir(tmp_path_factory.mktemp("score") / "run")
+        cache = write_cache(run / "cache")
+        run.claim("prep", {"tiny": True})
+        run.mark_done("prep")
+        train_dcgan(run, cache, cfg_for(), progress=False)
+    finally:
+        torch.set_num_threads(n)
+    return run
+
+
+def copy_run(run, dest) -> RunDir:
+    """A copy of a trained run folder without its scoring (to score it another way)."""
+    shutil.copytree(run.path, dest)
+    for p in ("steps/score.json", "steps/encoder.json", "score", "encoder", "subjects.csv"):
+        q = Path(dest) / p
+        if q.is_dir():
+            shutil.rmtree(q)
+        elif q.exists():
+            q.unlink()
+    return RunDir(dest)
+
+
+# ------------------------------------------------------------------ subject scores
+def test_reduce_subjects_mean_max_topk():
+    df = pd.DataFrame(dict(subject=["a"] * 4 + ["b"] * 2, label=[0] * 4 + [1] * 2, split=["test"] * 6,
+                           A=[0.1, 0.9, 0.5, 0.3, 0.2, 0.4]))
+    mean = S.reduce_subjects(df, "mean").set_index("subject")["score"]
+    mx = S.reduce_subjects(df, "max").set_index("subject")["score"]
+    top = S.reduce_subjects(df, "topk", topk=3).set_index("subject")["score"]
+    assert mean["a"] == pytest.approx(0.45) and mean["b"] == pytest.approx(0.3)
+    assert mx["a"] == pytest.approx(0.9) and mx["b"] == pytest.approx(0.4)
+    assert top["a"] == pytest.approx((0.9 + 0.5 + 0.3) / 3) and top["b"] == pytest.approx(0.3)  # b: all it has
+    assert S.reduce_subjects(df, "topk", topk=1).set_index("subject")["score"]["a"] == pytest.approx(0.9)
+    out = S.reduce_subjects(df, "mean")
+    assert list(out.columns) == ["subject", "label", "split", "score"] and list(out["label"]) == [0, 1]
+    with pytest.raises(ValueError):
+        S.reduce_subjects(df, "median")
+
+
+# --------------------------------------------------------------------- end to end
+def test_score_run_end_to_end(trained):
+    run = trained
+    cache = SliceCache(run / "cache")
+    cfg = cfg_for()
+    df = S.score_run(run, cache, cfg, progress=False)
+    sdir = run / "score"
+    val_test = np.concatenate([cache.rows(split="val"), cache.rows(split="test")])
+    m = len(val_test)
+    assert list(df.columns[:10]) == ["row", "k", "subject", "label", "split", "slice_index", "R", "D", "A_raw", "A"]
+    assert len(df) == m and list(df["k"]) == list(range(m)) and sorted(df["row"]) == sorted(val_test)
+    assert set(df["split"]) == {"val", "test"}  # training slices are never scored
+    assert df["A"].between(0, 1, inclusive="neither").all()
+    lam = cfg["lam"]
+    assert np.allclose(df["A_raw"], (1 - lam) * df["R"] + lam * df["D"])
+    assert df.equals(pd.read_csv(sdir / "slice_scores.csv", dtype={"subject": str}))
+
+    recon = np.load(sdir / "recon.npy")
+    pos, ab = np.load(sdir / "residual_pos.npy"), np.load(sdir / "residual_abs.npy")
+    assert recon.shape == pos.shape == ab.shape == (m, *SIZE) and recon.dtype == np.float32
+    x = np.asarray(cache.images[df["row"]])
+    assert np.allclose(df["R"], np.abs(x - recon).mean((1, 2)), atol=1e-5)  # R from the saved G(z)
+    brain = np.asarray(cache.brain[df["row"]]).astype(bool)
+    assert (pos[~brain] == 0).all() and (ab[~brain] == 0).all()  # brain-masked
+    assert (pos >= 0).all() and (ab >= pos - 1e-6).all()
+    # recon is G(latents)
+    from glio_kit.train import load_models
+
+    G, _, _ = load_models(run)
+    with torch.no_grad():
+        g = G(torch.from_numpy(np.load(sdir / "latents.npy")))[:, 0].numpy()
+    assert np.allclose(g, recon, atol=1e-5)
+
+    sc = json.loads((sdir / "scaling.json").read_text())
+    val = df[(df.split == "val") & (df.label == 0)]["A_raw"]
+    assert sc["mean_val"] == pytest.approx(val.mean()) and sc["sd_val"] == pytest.approx(val.std(ddof=1))
+
+    subj = pd.read_csv(sdir / "subject_scores.csv", dtype={"subject": str})
+    assert list(subj.columns) == ["subject", "label", "split", "score"]
+    assert set(subj["subject"]) == {s for s, _, sp in SUBJECTS if sp != "train"}
+    exp = df.groupby("subject")["A"].mean()
+    assert np.allclose(subj.set_index("subject")["score"], exp.loc[subj["subject"]])
+    top = pd.read_csv(run / "subjects.csv", dtype={"subject": str})
+    assert list(top.columns) == ["subject", "label", "score"]
+    assert set(top["subject"]) == {s for s, _, sp in SUBJECTS if sp == "test"}
+
+    hist = pd.read_csv(sdir / "mapping_history.csv")
+    assert list(hist.columns) == ["step", "val_healthy", "test_healthy", "test_tumour"]
+    assert len(hist) == cfg["mapping_steps"] + 1
+    rec = run.record("score")
+    assert rec["status"] == "done" and rec["info"]["slices"] == m
+
+    # done: a second call loads, recomputes nothing
+    stamp = (sdir / "recon.npy").stat().st_mtime_ns
+    again = S.score_run(run, cache, cfg, progress=False)
+    assert again.equals(df) and (sdir / "recon.npy").stat().st_mtime_ns == stamp
+    # other knobs into the same folder: stop, overwrite nothing
+    with pytest.raises(RunFolderError):
+        S.score_run(run, cache, cfg_for(mapping_steps=7), progress=False)
+    assert (sdir / "recon.npy").stat().st_mtime_ns == stamp
+
+    # the figures
+    import matplotlib.figure
+
+    for fig in (S.plot_mapping_steps(run, cache, cfg), S.plot_loss_over_steps(run), S.plot_score_distributions(run)):
+        assert isinstance(fig, matplotlib.figure.Figure)
+    assert not list((run / "figures").glob("*.png"))  # returned, not saved: the notebook saves them
+
+
+def test_mapping_steps_figure_reproduces_the_scoring(trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    cache = SliceCache(run / "cache")
+    cfg = cfg_for(restarts=2)
+    df = S.score_run(run, cache, cfg, progress=False)
+    recon = np.load(run / "score" / "recon.npy")
+    ks = [1, len(df) - 1]
+    fig = S.plot_mapping_steps(run, cache, cfg, ks=ks)
+    # the figure maps from the same starts: its last column is recon.npy's G(z)
+    from glio_kit.mapping import initial_latents, map_slices
+    from glio_kit.train import load_models
+
+    G, D, _ = load_models(run)
+    z0 = initial_latents(len(df), G.latent_dim, 2, cfg["seed"])[:, ks]
+    res = map_slices(G, D, np.asarray(cache.images[df["row"].to_numpy()[ks]]), cfg, z0=z0)
+    assert np.allclose(res.gz[:, 0].numpy(), recon[ks], atol=1e-5)
+    assert fig.axes
+
+
+def test_scaling_uses_only_validation_slices(trained, tmp_path):
+    """Changing the test slices changes their scores but not the map fitted on val."""
+    cfg = cfg_for()
+    out = []
+    for shift, name in ((0.0, "a"), (0.4, "b")):
+        run = copy_run(trained, tmp_path / name)
+        cache = write_cache(tmp_path / f"cache_{name}", test_shift=shift)
+        df = S.score_run(run, cache, cfg, progress=False)
+        out.append((json.loads((run / "score" / "scaling.json").read_text()), df))
+    (s0, d0), (s1, d1) = out
+    assert s0["mean_val"] == pytest.approx(s1["mean_val"], rel=1e-9)
+    assert s0["sd_val"] == pytest.approx(s1["sd_val"], rel=1e-9)
+    v0, v1 = d0[d0.split == "val"], d1[d1.split == "val"]
+    assert np.allclose(v0["A"], v1["A"])
+    t0, t1 = d0[d0.split == "test"], d1[d1.split == "test"]
+    assert not np.allclose(t0["A_raw"], t1["A_raw"])  # the test slices did change
+
+
+@pytest.mark.parametrize("how", ["max", "topk"])
+def test_score_run_subject_reduction(trained, tmp_path, how):
+    run = copy_run(trained, tmp_path / "run")
+    cache = SliceCache(run / "cache")
+    df = S.score_run(run, cache, cfg_for(subject_reduction=how, topk=2, mapping_steps=2), progress=False)
+    subj = pd.read_csv(run / "score" / "subject_scores.csv", dtype={"subject": str}).set_index("subject")["score"]
+    g = df.groupby("subject")["A"]
+    exp = g.max() if how == "max" else g.apply(lambda s: s.nlargest(2).mean())
+    assert np.allclose(subj, exp.loc[subj.index])
+
+
+def test_encoder_mapping_trains_and_scores(trained, tmp_path):
+    run = copy_run(trained, tmp_path / "run")
+    cache = SliceCache(run / "cache")
+    cfg = cfg_for(mapping="encoder", encoder_epochs=8)
+    df = S.score_run(run, cache, cfg, progress=False)
+    losses = pd.read_csv(run / "encoder" / "losses.csv")
+    assert len(losses) == 8 and losses["loss"].iloc[-1] < losses["loss"].iloc[0]
+    assert run.is_done("encoder")
+    E = load_encoder(run)
+    assert E.latent_dim == 16 and not E.training
+    hist = pd.read_csv(run / "score" / "mapping_history.csv")
+    assert len(hist) == 1  # one forward pass, no search
+    assert df["A"].between(0, 1, inclusive="neither").all()
+    # z of every slice is E(x)
+    from glio_kit.mapping import encode
+
+    z = encode(E, np.asarray(cache.images[df["row"].to_numpy()]))
+    assert np.allclose(z.numpy(), np.load(run / "score" / "latents.npy"), atol=1e-5)
+    fig = S.plot_mapping_steps(run, cache, cfg)
+    assert fig.axes
+    # encoder + iterative starts from the same encoder (the step record is reused)
+    run2 = RunDir(run.path)
+    df2 = S.score_run(run2, cache, dict(cfg, mapping="encoder+iterative", mapping_steps=4), overwrite=True,
+                      progress=False)
+    assert df2["loss"].mean() < df["loss"].mean()  # the search improves on E(x)
+    assert len(pd.read_csv(run / "score" / "mapping_history.csv")) == 5
+
+
+def test_score_run_needs_training(tmp_path):
+    run = RunDir(tmp_path / "run")
+    cache = write_cache(run / "cache")
+    run.claim("prep", {"tiny": True})
+    run.mark_done("prep")
+    with pytest.raises(RunFolderError, match="train"):
+        S.score_run(run, cache, cfg_for(), progress=False)
+    with pytest.raises(ValueError):
+        S.score_run(run, cache, cfg_for(mapping="magic"), progress=False)

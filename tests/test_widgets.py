@@ -1,0 +1,95 @@
+"""The residual browser's logic: set the widget values and check what is drawn."""
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+import pytest
+
+from glio_kit.config import get_config
+from glio_kit.preprocess import prepare
+from glio_kit.residuals import residual_map
+from glio_kit.runtime import RunDir
+from glio_kit import widgets
+
+
+@pytest.fixture
+def scored_run(tmp_path, tiny_cohort):
+    """A prepared run with a stand-in scoring output: G(z) = the input with lesions removed."""
+    run = RunDir(tmp_path / "run")
+    cache = prepare(run, get_config("smoke", n_slices=3), tiny_cohort, progress=False)
+    rows = np.concatenate([cache.rows(split="val"), cache.rows(split="test")])
+    x = np.asarray(cache.images[rows])
+    les, brain = np.asarray(cache.lesion[rows]), np.asarray(cache.brain[rows])
+    gz = np.where(les > 0, np.median(x[brain > 0]), x).astype(np.float32)  # a 'healthy' reconstruction
+    sdir = run / "score"
+    sdir.mkdir()
+    np.save(sdir / "recon.npy", gz)
+    np.save(sdir / "residual_abs.npy", residual_map(x, gz, brain, kind="absolute", median=0, erode=0))
+    np.save(sdir / "residual_pos.npy", residual_map(x, gz, brain, kind="positive", median=0, erode=0))
+    idx = cache.index.iloc[rows]
+    A = np.abs(x - gz).mean(axis=(1, 2))
+    sl = pd.DataFrame(dict(row=rows, k=np.arange(len(rows)), subject=idx.subject.values, label=idx.label.values,
+                           split=idx.split.values, slice_index=idx.slice_index.values, R=A, D=A, A_raw=A, A=A))
+    sl.to_csv(sdir / "slice_scores.csv", index=False)
+    su = sl.groupby("subject").agg(label=("label", "first"), split=("split", "first"), score=("A", "mean")).reset_index()
+    su.to_csv(sdir / "subject_scores.csv", index=False)
+    return run
+
+
+def test_draw_overlays_and_threshold(scored_run):
+    v = widgets.ResidualViewer(scored_run)
+    tumour = [s for s in v.subjects() if v.slices_of(s).label.iloc[0] == 1][0]
+    pos = v.default_slice(tumour)
+    both = v.draw(tumour, pos, overlay="both", threshold=0.05)
+    assert both["contour"] and both["flagged_pixels"] > 0
+    assert len(both["fig"].axes) >= 3
+    residual_only = v.draw(tumour, pos, overlay="residual", threshold=0.05)
+    assert not residual_only["contour"]
+    high = v.draw(tumour, pos, overlay="both", threshold=1.99)
+    assert high["flagged_pixels"] < both["flagged_pixels"]
+    healthy = [s for s in v.subjects() if v.slices_of(s).label.iloc[0] == 0][0]
+    assert not v.draw(healthy, 0, overlay="ground truth")["contour"]  # no lesion, no contour
+    with pytest.raises(ValueError, match="overlay"):
+        v.draw(tumour, pos, overlay="heatmap")
+
+
+def test_subjects_ordered_tumours_first(scored_run):
+    v = widgets.ResidualViewer(scored_run)
+    labels = [v.slices_of(s).label.iloc[0] for s in v.subjects()]
+    assert labels == sorted(labels, reverse=True)
+
+
+def test_browser_follows_the_widgets(scored_run):
+    v = widgets.ResidualViewer(scored_run)
+    ui, state = widgets.browser(v)
+    c = ui.controls
+    assert state.last["subject"] == c["subject"].value
+    other = c["subject"].options[-1]
+    c["subject"].value = other
+    assert state.last["subject"] == other and c["slice"].max == len(v.slices_of(other)) - 1
+    c["slice"].value = 0
+    assert state.last["pos"] == 0
+    c["overlay"].value = "ground truth"
+    assert state.last["overlay"] == "ground truth"
+    c["threshold"].value = 0.5
+    assert state.last["threshold"] == 0.5 and state.error == ""
+
+
+def test_callback_errors_are_shown(scored_run, monkeypatch):
+    v = widgets.ResidualViewer(scored_run)
+    ui, state = widgets.browser(v)
+
+    def broken(*a, **k):
+        raise RuntimeError("residual file unreadable")
+
+    monkeypatch.setattr(v, "draw", broken)
+    ui.controls["threshold"].value = 0.3
+    assert "residual file unreadable" in state.error
+
+
+def test_paper_figures_4_and_5(scored_run):
+    v = widgets.ResidualViewer(scored_run)
+    for s in (v.subjects()[0], v.subjects()[-1]):
+        fig = widgets.figure_input_generated_difference(v, s, n=3)
+        assert len(fig.axes) == 9
