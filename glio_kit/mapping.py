@@ -33,7 +33,9 @@ of the loss, so the score does not depend on the image size). The paper reports 
 slices only (never on test slices): ``A = sigmoid((A_raw - mean_val) / sd_val)``
 (:class:`ScoreScaling`). A min-max rescaling with clipping would send every test slice more
 abnormal than the validation maximum to exactly 1 and lose the ranking of the most abnormal
-slices; the logistic map stays inside (0, 1) and keeps the order of all slices.
+slices; the logistic map stays inside (0, 1) and keeps the order of all slices (in float64
+up to about 37 validation SDs above the mean, where it rounds to 1.0; ``A_raw`` is kept beside
+``A`` for exact rankings).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 
 from .errors import InputError, RunFolderError
 from .model import BACKGROUND, _crop_box, stack_geometry
-from .runtime import choose_device, quiet
+from .runtime import quiet
 
 __all__ = ["MappingResult", "map_iterative", "map_slices", "mapping_loss", "frozen", "initial_latents",
            "Encoder", "train_encoder", "load_encoder", "encode", "ScoreScaling", "fit_scaling",

@@ -369,26 +369,45 @@ def intensity_baseline(cache, rows=None, erode: int = 1, median: int = 0, percen
     if rows is None:
         rows = np.flatnonzero(idx["split"].isin(["val", "test"]).to_numpy())
     rows = np.asarray(rows, dtype=int)
-    info = idx.iloc[rows]
-    val_rows = rows[((info["split"] == "val") & (info["label"] == 0)).to_numpy()]
-    if val_rows.size == 0:
-        raise GlioKitError("intensity_baseline: no healthy validation slices among the rows to calibrate on")
-    vmaps = intensity_map(cache.images[np.sort(val_rows)], cache.brain[np.sort(val_rows)], erode, median)
-    pix_thr = pixel_threshold_from_healthy(vmaps, eroded_brain(cache.brain[np.sort(val_rows)], erode), percentile)
-    frac = np.empty(rows.size, dtype=float)
-    for i in range(0, rows.size, chunk):
-        r = rows[i:i + chunk]
-        m = intensity_map(cache.images[r], cache.brain[r], erode, median)
-        inb = eroded_brain(cache.brain[r], erode)
+
+    def maps(sel):
+        r = rows[sel]
+        return intensity_map(cache.images[r], cache.brain[r], erode, median), eroded_brain(cache.brain[r], erode)
+
+    out = area_detector(maps, idx.iloc[rows], percentile, fpr, chunk)
+    out["slice_scores"].insert(0, "row", rows)
+    out.update(erode=int(erode), median=int(median), percentile=float(percentile))
+    return out
+
+
+def area_detector(maps, info: pd.DataFrame, percentile: float = 99.0, fpr: float = 0.05, chunk: int = 512) -> dict:
+    """Subject scores from any lesion map by one rule: the share of in-brain pixels above a
+    pixel threshold taken from healthy validation slices, averaged over a subject's slices.
+
+    maps : callable ``maps(positions) -> (map (n, H, W), in_brain bool (n, H, W))`` for
+        positions (0-based, into ``info``).
+    info : DataFrame with ``subject, label, split`` per slice; ``split == "val"`` and
+        ``label == 0`` calibrate both thresholds.
+    Returns dict: ``pixel_threshold``, ``threshold`` (subject level), ``slice_scores``
+    (subject, label, split, score) and ``subject_scores`` (subject, label, split, score).
+    """
+    n = len(info)
+    val = np.flatnonzero(((info["split"] == "val") & (info["label"] == 0)).to_numpy())
+    if val.size == 0:
+        raise GlioKitError("no healthy validation slices among the rows to calibrate on")
+    vmaps, vbrain = maps(val)
+    pix_thr = pixel_threshold_from_healthy(vmaps, vbrain, percentile)
+    frac = np.empty(n, dtype=float)
+    for i in range(0, n, chunk):
+        m, inb = maps(np.arange(i, min(i + chunk, n)))
         frac[i:i + chunk] = ((m > pix_thr) & inb).sum(axis=(1, 2)) / np.maximum(inb.sum(axis=(1, 2)), 1)
-    slices = pd.DataFrame(dict(row=rows, subject=info["subject"].astype(str).to_numpy(),
-                               label=info["label"].to_numpy(), split=info["split"].to_numpy(), score=frac))
+    slices = pd.DataFrame(dict(subject=info["subject"].astype(str).to_numpy(), label=info["label"].to_numpy(),
+                               split=info["split"].to_numpy(), score=frac))
     subj = (slices.groupby("subject", sort=False)
             .agg(label=("label", "first"), split=("split", "first"), score=("score", "mean")).reset_index())
     healthy_val = subj[(subj.split == "val") & (subj.label == 0)]
     thr = threshold_at_fpr(healthy_val["score"], fpr)
-    return dict(pixel_threshold=pix_thr, threshold=thr, slice_scores=slices, subject_scores=subj,
-                erode=int(erode), median=int(median), percentile=float(percentile))
+    return dict(pixel_threshold=pix_thr, threshold=thr, slice_scores=slices, subject_scores=subj)
 
 
 # ------------------------------------------------------------------ the metrics step
@@ -498,6 +517,24 @@ def evaluate_run(run, cfg: dict, overwrite: bool = False) -> dict:
                     "mean over slices of the fraction of in-brain pixels above the healthy-validation percentile")
     baseline.update(_detection_block(base["subject_scores"], fpr, n_boot, seed))
 
+    # --- beyond the paper: the DCGAN's residual scored by the baseline's rule (same harness)
+    recon = np.load(run / "score" / "recon.npy", mmap_mode="r")
+    if recon.shape[0] != len(slices):
+        raise GlioKitError(f"{run / 'score' / 'recon.npy'}: {recon.shape[0]} reconstructions for "
+                           f"{len(slices)} scored slices")
+    s_rows, s_k = slices["row"].to_numpy(), slices["k"].to_numpy()
+
+    def residual_maps(sel):
+        r, k = s_rows[sel], s_k[sel]
+        return (residual_map(np.asarray(cache.images[r]), np.asarray(recon[k]), np.asarray(cache.brain[r]),
+                             kind, median, erode), eroded_brain(np.asarray(cache.brain[r]), erode))
+
+    area = area_detector(residual_maps, slices, params["pixel_percentile"], fpr)
+    area["subject_scores"].to_csv(run / "score" / "subject_scores_residual_area.csv", index=False)
+    residual_area = dict(method="dcgan-residual-area",
+                         description="DCGAN positive residual in the eroded brain, scored by the baseline's rule")
+    residual_area.update(_detection_block(area["subject_scores"], fpr, n_boot, seed))
+
     # --- pixel level, when the test tumour slices have masks
     val_sel = ((slices["split"] == "val") & (slices["label"] == 0)).to_numpy()
     tum_sel = ((slices["split"] == "test") & (slices["label"] == 1)).to_numpy()
@@ -505,10 +542,6 @@ def evaluate_run(run, cfg: dict, overwrite: bool = False) -> dict:
     has_masks = bool(tum_rows.size) and bool(np.asarray(cache.lesion[np.sort(tum_rows)]).any())
     result["has_masks"] = baseline["has_masks"] = has_masks
     if has_masks:
-        recon = np.load(run / "score" / "recon.npy", mmap_mode="r")
-        if recon.shape[0] != len(slices):
-            raise GlioKitError(f"{run / 'score' / 'recon.npy'}: {recon.shape[0]} reconstructions for "
-                               f"{len(slices)} scored slices")
         vr, vk = slices.loc[val_sel, "row"].to_numpy(), slices.loc[val_sel, "k"].to_numpy()
         tr, tk = tum_rows, slices.loc[tum_sel, "k"].to_numpy()
         tsub = slices.loc[tum_sel, "subject"].to_numpy()
@@ -521,6 +554,7 @@ def evaluate_run(run, cfg: dict, overwrite: bool = False) -> dict:
         baseline.update(_pixel_block(intensity_map(v_img, v_brain, erode), v_eb, intensity_map(t_img, t_brain, erode),
                                      t_les, t_eb, tsub, params["pixel_percentile"]))
     result["baseline"] = baseline
+    result["residual_area"] = residual_area
     result["paper"] = dict(PAPER, operating_point=dict(fpr=PAPER_OPERATING_POINT[0], tpr=PAPER_OPERATING_POINT[1]),
                            consistency=paper_consistency())
     result["params"] = params
@@ -544,6 +578,7 @@ def _fmt(v, ci=None) -> str:
 def metrics_markdown(result: dict) -> str:
     """The ``metrics.md`` table: metric | paper | kit (95% CI) | baseline (95% CI)."""
     base = result.get("baseline", {})
+    area = result.get("residual_area", {})
     paper = result.get("paper", PAPER)
     implied = paper_consistency()["implied"]
     rows = [
@@ -554,7 +589,8 @@ def metrics_markdown(result: dict) -> str:
         ("specificity", "specificity", None),
         ("F1", "f1", None),
     ]
-    lines = ["| metric | paper | kit (95% CI) | baseline (95% CI) |", "|---|---|---|---|"]
+    lines = ["| metric | paper | kit: paper's score (95% CI) | kit: residual area (95% CI) | baseline (95% CI) |",
+             "|---|---|---|---|---|"]
     for label, key, p in rows:
         pv = _fmt(p)
         if key in implied and p is not None and round(implied[key], 3) != p:
@@ -562,25 +598,32 @@ def metrics_markdown(result: dict) -> str:
         elif key in ("specificity", "f1"):
             pv = f"{implied[key]:.3f} (from counts)"
         lines.append(f"| {label} | {pv} | {_fmt(result.get(key), result.get('ci', {}).get(key))} | "
+                     f"{_fmt(area.get(key), area.get('ci', {}).get(key))} | "
                      f"{_fmt(base.get(key), base.get('ci', {}).get(key))} |")
     pc = paper.get("confusion", PAPER["confusion"])
     for name in ("tp", "fn", "tn", "fp"):
         lines.append(f"| {name.upper()} | {pc[name]} | {result['confusion'][name]} | "
-                     f"{base.get('confusion', {}).get(name, '–')} |")
+                     f"{area.get('confusion', {}).get(name, '–')} | {base.get('confusion', {}).get(name, '–')} |")
     lines.append(f"| test subjects (healthy + tumour) | 27 + 27 | {result['n_test_healthy']} + {result['n_test_tumor']} | "
+                 f"{area.get('n_test_healthy', '–')} + {area.get('n_test_tumor', '–')} | "
                  f"{base.get('n_test_healthy', '–')} + {base.get('n_test_tumor', '–')} |")
     def g(v):
         return "–" if v is None else f"{v:.4g}"
 
     lines.append(f"| subject threshold (from healthy validation) | – | {g(result.get('threshold'))} | "
-                 f"{g(base.get('threshold'))} |")
+                 f"{g(area.get('threshold'))} | {g(base.get('threshold'))} |")
     if result.get("has_masks"):
         for label, key in (("pixel Dice (pooled)", "pixel_dice"), ("pixel Dice (mean per subject)", "pixel_dice_per_subject"),
                            ("pixel AUPRC", "pixel_auprc"), ("pixel AUROC", "pixel_auroc"),
                            ("pixel threshold (healthy validation)", "pixel_threshold"),
                            ("Dice upper bound (TEST-TUNED, not a result)", "dice_upper_bound_test_tuned")):
-            lines.append(f"| {label} | – | {_fmt(result.get(key))} | {_fmt(base.get(key))} |")
+            lines.append(f"| {label} | – | {_fmt(result.get(key))} | (same maps) | {_fmt(base.get(key))} |")
     notes = [
+        "",
+        "Kit, paper's score: subject score = mean of slice anomaly scores A = (1-lambda) R + lambda D (the paper). "
+        "Kit, residual area (beyond the paper): the DCGAN's positive residual max(x - G(z), 0) in the eroded brain, "
+        "subject score = mean over slices of the share of pixels above the healthy-validation pixel threshold, the "
+        "same rule the baseline applies to the intensity.",
         "",
         f"Thresholds: subject score > threshold = abnormal; threshold chosen on {result.get('n_val_healthy', '?')} healthy "
         f"validation subjects at a target false-positive rate of {result.get('fpr_target', '?')}. "
@@ -645,7 +688,9 @@ def plot_roc(result: dict, ax=None):
 
     fig, ax = (plt.subplots(figsize=(4.6, 4.4)) if ax is None else (ax.figure, ax))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
-    for res, name, color in ((result, "DCGAN (kit)", "C0"), (result.get("baseline") or {}, "intensity baseline", "C1")):
+    for res, name, color in ((result, "DCGAN, paper's score", "C0"),
+                             (result.get("residual_area") or {}, "DCGAN, residual area", "C2"),
+                             (result.get("baseline") or {}, "intensity baseline", "C1")):
         curve = res.get("roc") or {}
         if curve.get("fpr"):
             auc = res.get("subject_auc")

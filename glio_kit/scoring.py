@@ -25,16 +25,14 @@ with the number of slices.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .errors import RunFolderError
-from .mapping import (MAPPINGS, ScoreScaling, fit_scaling, initial_latents, load_encoder, map_slices,
+from .mapping import (MAPPINGS, fit_scaling, initial_latents, load_encoder, map_slices,
                       train_encoder)
 from .runtime import choose_device, quiet
 
@@ -259,10 +257,12 @@ def plot_mapping_steps(run, cache, cfg: dict, n_healthy: int = 2, n_tumour: int 
     The slices are mapped again from the very starts the scoring step used (so the last
     column matches ``recon.npy``), recording G(z) at ``steps`` (default: about five from 0
     to ``mapping_steps``). Columns: the input (red: ground-truth lesion), G(z) per step, and
-    the final residual ``|x - G(z)|``. ``ks`` picks the slices (``k`` of slice_scores.csv).
+    the final residual ``|x - G(z)|`` as in ``residual_abs.npy`` (inside the eroded brain,
+    median-filtered). ``ks`` picks the slices (``k`` of slice_scores.csv).
     """
     import matplotlib.pyplot as plt
 
+    from .residuals import residual_map
     from .train import load_models
 
     df = load_slice_scores(run)
@@ -289,14 +289,15 @@ def plot_mapping_steps(run, cache, cfg: dict, n_healthy: int = 2, n_tumour: int 
         axes[i, 0].set_ylabel(f"{'tumour' if r['label'] == 1 else 'healthy'}\n{r['subject']}"[:28], fontsize=7)
         for j, s in enumerate(steps):
             axes[i, j + 1].imshow(res.snapshots[s][i, 0].float().numpy(), **GREY)
-        axes[i, -1].imshow(np.abs(x[i] - res.gz[i, 0].float().numpy()), cmap="hot", vmin=0, vmax=1,
-                           interpolation="nearest")
+        resid = residual_map(x[i], res.gz[i, 0].float().numpy(), np.asarray(cache.brain[rows[i]]),
+                             kind="absolute", median=int(cfg["median_filter"]), erode=ERODE)
+        axes[i, -1].imshow(resid, cmap="hot", vmin=0, vmax=1, interpolation="nearest")
         for ax in axes[i]:
             _clean(ax)
     axes[0, 0].set_title("input x", fontsize=8)
     for j, s in enumerate(steps):
         axes[0, j + 1].set_title(f"G(z), step {s}", fontsize=8)
-    axes[0, -1].set_title("|x - G(z)|", fontsize=8)
+    axes[0, -1].set_title("|x - G(z)| in brain", fontsize=8)
     fig.suptitle(f"Latent mapping ({cfg['mapping']}, lr {cfg['mapping_lr']}, lambda {cfg['lam']})", fontsize=9)
     fig.tight_layout()
     return fig

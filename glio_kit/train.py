@@ -4,7 +4,7 @@
 reproduction needs around it:
 
 - the non-saturating GAN loss with ``BCEWithLogitsLoss``; Adam(lr, (beta1, beta2)) for both
-  networks (the paper says lr 0.002; DCGAN's usual 0.0002 is the profile default);
+  networks (the paper says lr 0.002 and the profiles use it; DCGAN's usual value is 0.0002);
 - the healthy ``train`` slices of the slice cache, held in one tensor (on the GPU when it
   fits) and indexed in random batches, so loading never limits speed; a cache too large
   for memory is read batch by batch from its memory map instead;

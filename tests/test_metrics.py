@@ -269,7 +269,12 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert res["baseline"]["subject_auc"] == 1.0
     assert res["paper"]["consistency"]["matches"]["precision"] is False
     md = (run / "metrics.md").read_text()
-    assert "| metric | paper | kit (95% CI) | baseline (95% CI) |" in md and "TEST-TUNED" in md
+    assert "| metric | paper | kit: paper's score (95% CI) | kit: residual area (95% CI) | baseline (95% CI) |" in md
+    assert "TEST-TUNED" in md
+    # the residual-area detector: calibrated on validation, scored on the same subjects
+    area = res["residual_area"]
+    assert area["n_test_healthy"] == 4 and area["n_test_tumor"] == 4 and 0 <= area["subject_auc"] <= 1
+    assert (run / "score" / "subject_scores_residual_area.csv").exists()
     assert RunDir(run.path).is_done("metrics")
     # done: a second call reads it back; other parameters need overwrite
     assert M.evaluate_run(run, CFG)["accuracy"] == res["accuracy"]
