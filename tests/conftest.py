@@ -57,6 +57,17 @@ def write_tiny_cohort(root, n_train=4, n_test_healthy=2, n_test_tumor=2, shape=(
             "test_tumor": str(root / "test_tumor"), "synthetic": False}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny models: one thread is faster than two fighting over shared cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_cohort(tmp_path):
     return write_tiny_cohort(tmp_path / "cohort")

@@ -13,13 +13,6 @@ LATENT = 16
 SIZE = (16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than several fighting over shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_models(size=SIZE, dtype=torch.float64, seed=0):

@@ -7,13 +7,6 @@ import torch.nn as nn
 
 from glio_kit.model import (Discriminator, Generator, model_summary, stack_geometry, weights_init)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 SIZES = [((32, 32), 16), ((64, 64), 16), ((128, 128), 8), ((448, 364), 4)]  # (H, W), width

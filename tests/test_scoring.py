@@ -28,12 +28,6 @@ SUBJECTS = ([(f"TR{i}", 0, "train") for i in range(4)] + [(f"VA{i}", 0, "val") f
             + [(f"TH{i}", 0, "test") for i in range(2)] + [(f"TT{i}", 1, "test") for i in range(2)])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_cache(folder, seed=0, test_shift=0.0):

@@ -16,13 +16,6 @@ from glio_kit.runtime import RunDir
 from glio_kit import train as T
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_tiny_cache(folder, n_subjects=6, n_slices=4, size=(16, 16), seed=0, splits=None):
