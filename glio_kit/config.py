@@ -36,7 +36,7 @@ BASE = dict(
     latent_dim=100,
     ngf=32,
     ndf=32,
-    epochs=40,
+    epochs=70,  # demo: chosen on a separate synthetic cohort (seed 1), never on the test set
     batch_size=32,
     # The paper's 0.002. DCGAN's usual 0.0002 left the discriminator winning and the generator
     # blurry within the demo's CPU budget; notebook 02 trains both side by side.
@@ -45,10 +45,10 @@ BASE = dict(
     beta2=0.999,
     checkpoint_every=10,
     amp=True,  # mixed precision on CUDA only
-    compare_paper_lr_epochs=5,  # notebook 02: a short side run at the paper's lr 0.002 (0 = skip)
+    compare_paper_lr_epochs=3,  # notebook 02: a short side run at the paper's lr 0.002 (0 = skip)
     # --- latent mapping and scoring (AnoGAN: lambda 0.1, 500 steps)
     mapping="iterative",  # "iterative" | "encoder" | "encoder+iterative"
-    mapping_steps=100,
+    mapping_steps=150,  # demo: 100 -> 200 steps raised AUC and Dice on the seed-1 dev cohort; 150 fits 15 min
     mapping_lr=0.05,
     mapping_batch_size=128,  # on a 2-core CPU 64-128 maps fastest per slice
     restarts=1,
