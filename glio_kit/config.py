@@ -45,7 +45,7 @@ BASE = dict(
     beta2=0.999,
     checkpoint_every=10,
     amp=True,  # mixed precision on CUDA only
-    compare_paper_lr_epochs=3,  # notebook 02: a short side run at the paper's lr 0.002 (0 = skip)
+    compare_paper_lr_epochs=3,  # notebook 02: a short side run at DCGAN's usual 0.0002 beside lr (0 = skip)
     # --- latent mapping and scoring (AnoGAN: lambda 0.1, 500 steps)
     mapping="iterative",  # "iterative" | "encoder" | "encoder+iterative"
     mapping_steps=150,  # demo: 100 -> 200 steps raised AUC and Dice on the seed-1 dev cohort; 150 fits 15 min
