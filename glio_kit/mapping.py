@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import InputError, RunFolderError
-from .model import BACKGROUND, _crop_box, stack_geometry
+from .model import fit_input, strided_conv_stack
 from .runtime import quiet
 
 __all__ = ["MappingResult", "map_iterative", "map_slices", "mapping_loss", "frozen", "initial_latents",
@@ -273,30 +273,14 @@ class Encoder(nn.Module):
 
     def __init__(self, latent_dim: int = 100, nef: int = 64, image_size=(64, 64)):
         super().__init__()
-        from .model import MAX_MULT
-
         self.latent_dim, self.nef = int(latent_dim), int(nef)
         h, w = (image_size, image_size) if isinstance(image_size, int) else (int(s) for s in image_size)
         self.image_size = (h, w)
-        k, bh, bw = stack_geometry(self.image_size)
-        top, bottom, left, right = _crop_box(self.image_size)
-        self.pad = (left, right, top, bottom)
-        chans = [nef * min(2**i, MAX_MULT) for i in range(k)]
-        layers = [nn.Conv2d(1, chans[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.LeakyReLU(0.2, inplace=True)]
-        self.blocks = nn.Sequential(*layers)
+        self.blocks, chans, (bh, bw), self.pad = strided_conv_stack(self.nef, self.image_size)
         self.head = nn.Linear(chans[-1] * bh * bw, self.latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x[:, None]
-        if tuple(x.shape[-2:]) != self.image_size or x.shape[1] != 1:
-            raise ValueError(f"Encoder built for (N, 1, {self.image_size[0]}, {self.image_size[1]}) images, "
-                             f"got {tuple(x.shape)}")
-        if any(self.pad):
-            x = F.pad(x, self.pad, value=BACKGROUND)
+        x = fit_input(x, self.image_size, self.pad, "Encoder")
         return self.head(self.blocks(x).flatten(1))
 
 

@@ -102,6 +102,37 @@ class Generator(nn.Module):
         return x
 
 
+def strided_conv_stack(width: int, image_size):
+    """The discriminator's strided convolution stack, shared with the f-AnoGAN encoder.
+
+    Kernel 4, stride 2; LeakyReLU 0.2; BatchNorm after all but the first layer; channels
+    ``width * 1, 2, 4, 8 (capped)``. Its input is (N, 1, base_h * 2**k, base_w * 2**k), so
+    images are padded by ``pad`` first (see :func:`fit_input`).
+    Returns ``(blocks, chans, (base_h, base_w), pad)``; ``blocks`` outputs chans[-1] x base_h x base_w.
+    """
+    k, bh, bw = stack_geometry(image_size)
+    top, bottom, left, right = _crop_box(image_size)
+    pad = (left, right, top, bottom)  # F.pad order: last dim first
+    chans = [width * _mult(i) for i in range(k)]  # e.g. k=4: 1,2,4,8 x width
+    layers = [nn.Conv2d(1, chans[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+    for c_in, c_out in zip(chans[:-1], chans[1:]):
+        # state size c_in x h x w -> c_out x h/2 x w/2
+        layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.LeakyReLU(0.2, inplace=True)]
+    return nn.Sequential(*layers), chans, (bh, bw), pad
+
+
+def fit_input(x: torch.Tensor, image_size, pad, who: str) -> torch.Tensor:
+    """(N, H, W) or (N, 1, H, W) of exactly ``image_size`` -> padded with the background value."""
+    if x.dim() == 3:
+        x = x[:, None]
+    if tuple(x.shape[-2:]) != tuple(image_size) or x.shape[1] != 1:
+        raise ValueError(f"{who} built for (N, 1, {image_size[0]}, {image_size[1]}) images, got {tuple(x.shape)}")
+    if any(pad):
+        x = F.pad(x, pad, value=BACKGROUND)
+    return x
+
+
 class Discriminator(nn.Module):
     """D(x): image (N, 1, H, W) -> logit (N,); ``features(x)`` is f(x) of the paper's loss."""
 
@@ -109,29 +140,12 @@ class Discriminator(nn.Module):
         super().__init__()
         self.ndf = int(ndf)
         self.image_size = _hw(image_size)
-        k, bh, bw = stack_geometry(self.image_size)
-        top, bottom, left, right = _crop_box(self.image_size)
-        self.pad = (left, right, top, bottom)  # F.pad order: last dim first
-        chans = [ndf * _mult(i) for i in range(k)]  # e.g. k=4: 1,2,4,8 x ndf
-        # input is 1 x (base_h * 2**k) x (base_w * 2**k); no BatchNorm on the first layer
-        layers = [nn.Conv2d(1, chans[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
-            # state size c_in x h x w -> c_out x h/2 x w/2
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.LeakyReLU(0.2, inplace=True)]
-        self.blocks = nn.Sequential(*layers)  # output: f(x), chans[-1] x base_h x base_w
+        self.blocks, chans, (bh, bw), self.pad = strided_conv_stack(self.ndf, self.image_size)  # f(x)
         self.classifier = nn.Conv2d(chans[-1], 1, (bh, bw), 1, 0, bias=False)  # -> 1 x 1 x 1
         self.feature_shape = (chans[-1], bh, bw)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x[:, None]
-        if tuple(x.shape[-2:]) != self.image_size or x.shape[1] != 1:
-            raise ValueError(f"Discriminator built for (N, 1, {self.image_size[0]}, {self.image_size[1]}) images, "
-                             f"got {tuple(x.shape)}")
-        if any(self.pad):
-            x = F.pad(x, self.pad, value=BACKGROUND)
-        return x
+        return fit_input(x, self.image_size, self.pad, "Discriminator")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """f(x): the output of the last block before the logit, (N, C, base_h, base_w)."""
