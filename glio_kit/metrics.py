@@ -32,6 +32,7 @@ import pandas as pd
 
 from .errors import GlioKitError
 from .residuals import eroded_brain, residual_map
+from .scoring import load_slice_scores, load_subject_scores
 
 # ------------------------------------------------------------------------------ paper
 #: What the paper reports (abstract and Results). Test set: 27 healthy + 27 HGG subjects;
@@ -202,7 +203,7 @@ def bootstrap_ci(labels, scores, threshold: float, n: int = 1000, seed: int = 0,
     fp = wh @ (sh > threshold)
     tn = sh.size - fp
     tp = wt @ (st > threshold)
-    fn = st.size - tp
+    # recall = tp / (tp + fn), and tp + fn = st.size in every replicate
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
         recall = tp / st.size
@@ -430,14 +431,10 @@ def _jsonable(obj):
 
 
 def _read_scores(run) -> tuple[pd.DataFrame, pd.DataFrame]:
-    folder = Path(run / "score")
-    need = ["slice_scores.csv", "subject_scores.csv", "recon.npy"]
-    missing = [f for f in need if not (folder / f).exists()]
-    if missing:
-        raise GlioKitError(f"{folder}: missing {missing}; run the scoring notebook (03) first")
-    slices = pd.read_csv(folder / "slice_scores.csv", dtype={"subject": str})
-    subj = pd.read_csv(folder / "subject_scores.csv", dtype={"subject": str})
-    return slices, subj
+    recon = Path(run / "score") / "recon.npy"
+    if not recon.exists():
+        raise GlioKitError(f"{recon}: missing; run the scoring notebook (03) first")
+    return load_slice_scores(run), load_subject_scores(run)
 
 
 def _detection_block(subj: pd.DataFrame, fpr: float, n_boot: int, seed: int) -> dict:
@@ -647,7 +644,7 @@ def misclassified(run, threshold: float | None = None) -> pd.DataFrame:
         if not mfile.exists():
             raise GlioKitError(f"{mfile}: not found; pass a threshold or run the metrics step first")
         threshold = json.loads(mfile.read_text())["threshold"]
-    subj = pd.read_csv(run_path / "score" / "subject_scores.csv", dtype={"subject": str})
+    subj = load_subject_scores(run_path)
     test = subj[subj["split"] == "test"].copy()
     test["predicted"] = (test["score"] > threshold).astype(int)
     wrong = test[test["predicted"] != test["label"]].copy()
@@ -782,7 +779,7 @@ def metric_figures(run, result: dict | None = None) -> dict:
     run_path = Path(getattr(run, "path", run))
     result = result or json.loads((run_path / "metrics.json").read_text())
     figs = dict(roc=plot_roc(result), confusion=plot_confusion(result["confusion"], "DCGAN (kit): Table I layout"))
-    subj = pd.read_csv(run_path / "score" / "subject_scores.csv", dtype={"subject": str})
+    subj = load_subject_scores(run_path)
     figs["score_distributions"] = plot_score_distributions(subj, result["threshold"], "DCGAN subject scores")
     bfile = run_path / "baseline" / "subject_scores.csv"
     if bfile.exists() and result.get("baseline"):

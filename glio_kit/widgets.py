@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .preprocess import SliceCache
+from .scoring import load_slice_scores, load_subject_scores
 
 OVERLAYS = ("residual", "ground truth", "both", "none")
 GREY = dict(cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
@@ -37,11 +38,11 @@ class ResidualViewer:
         self.run = run
         self.cache = SliceCache(run / "cache")
         sdir = run / "score"
-        self.scores = pd.read_csv(sdir / "slice_scores.csv", dtype={"subject": str})
+        self.scores = load_slice_scores(run)
         self.recon = np.load(sdir / "recon.npy", mmap_mode="r")
         self.residual = {"positive": np.load(sdir / "residual_pos.npy", mmap_mode="r"),
                          "absolute": np.load(sdir / "residual_abs.npy", mmap_mode="r")}
-        self.subject_scores = pd.read_csv(sdir / "subject_scores.csv", dtype={"subject": str})
+        self.subject_scores = load_subject_scores(run)
 
     def subjects(self, split: str = "test") -> list[str]:
         """Subject ids of ``split``: tumour subjects first, each group by descending score."""
