@@ -1,47 +1,102 @@
 """The few lines every notebook starts with, kept here so no notebook repeats them.
 
-A notebook's ``parameters`` cell holds plain literals (papermill overwrites them); the next
-cell calls :func:`setup` with those values and gets the resolved configuration and the run
-folder back.
+A notebook's ``parameters`` cell holds plain literals (papermill overwrites them). It is
+written from the step's settings class by :func:`parameters_source` (``python -m
+glio_kit.notebook`` rewrites the cells; a test checks they are in sync), so a knob is written
+once, in :mod:`glio_kit.config`. The next cell calls :func:`setup` with the notebook's globals
+and gets the step's settings and the run folder back.
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 from .config import get_config
 from .runtime import RunDir, default_run_dir, header, seed_everything
+from .steps import STEPS, step as get_step
 
-#: Notebook parameters that are not profile knobs.
-NON_KNOBS = ("profile", "run_dir", "train_healthy_dir", "test_healthy_dir", "test_tumor_dir", "overwrite",
-             # what notebook 04 shows; no effect on any result
-             "subject_healthy", "subject_tumor", "n_figure_slices")
+PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
 
 
-def parameters(namespace: dict) -> dict:
-    """Pick the notebook parameters out of a namespace (``parameters(globals())``)."""
-    from .config import BASE
-
-    names = set(NON_KNOBS) | set(BASE)
-    return {k: namespace[k] for k in names if k in namespace}
+def _literal(v) -> str:
+    return json.dumps(v) if isinstance(v, str) else repr(v)
 
 
-def setup(step: str, params: dict):
-    """Resolve a notebook's parameters into ``(cfg, run)`` and print the header line.
+def parameters_source(step_name: str) -> str:
+    """The ``parameters`` cell of a step's notebook, written from its settings class."""
+    st = get_step(step_name)
+    lines = [PARAMETERS_HEADER]
+    width = max(len(n) for n in st.parameter_names()) + 8
+    for name, (default, help_) in st.parameters.items():
+        if name == "overwrite":
+            continue  # last, after the knobs
+        lines.append(f"{f'{name} = {_literal(default)}':<{width}}  # {help_}")
+    for name in st.settings.knobs():
+        lines.append(f"{f'{name} = None':<{width}}  # {st.settings.help(name)}")
+    if "overwrite" in st.parameters:
+        default, help_ = st.parameters["overwrite"]
+        lines.append(f"{f'overwrite = {_literal(default)}':<{width}}  # {help_}")
+    return "\n".join(lines)
 
-    params : the notebook's parameter values; ``None`` means "the profile's value".
-    ``run_dir`` empty means ``$GLIO_KIT_RUN_DIR`` or ``runs/<profile>``.
+
+def parameters_cell(nb: dict) -> dict:
+    """The cell tagged ``parameters`` of a notebook (as a dict read from JSON)."""
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"expected one cell tagged 'parameters', found {len(cells)}")
+    return cells[0]
+
+
+def sync_notebooks(folder=None, check: bool = False) -> list[str]:
+    """Rewrite (or with ``check`` only compare) every notebook's ``parameters`` cell.
+
+    Returns the notebook files that were (or would be) changed.
     """
-    knobs = {k: v for k, v in params.items() if k not in NON_KNOBS}
-    cfg = get_config(params.get("profile") or None, **knobs)
-    run_dir = params.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR") or default_run_dir(cfg["profile"])
+    from .runner import notebooks_dir
+
+    folder = Path(folder) if folder else notebooks_dir()
+    changed = []
+    for st in STEPS:
+        path = folder / st.notebook
+        nb = json.loads(path.read_text())
+        cell = parameters_cell(nb)
+        want = parameters_source(st.name)
+        if "".join(cell["source"]) != want:
+            changed.append(st.notebook)
+            if not check:
+                cell["source"] = want.splitlines(keepends=True)
+                path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return changed
+
+
+def setup(step_name: str, namespace: dict):
+    """Resolve a notebook's parameters into ``(settings, run)`` and print the header line.
+
+    namespace : the notebook's globals (its parameter values); ``None`` means "the profile's
+        value". ``run_dir`` empty means ``$GLIO_KIT_RUN_DIR`` or ``runs/<profile>``.
+    Returns the step's settings (:mod:`glio_kit.config`) and the :class:`RunDir`.
+    """
+    st = get_step(step_name)
+    knobs = {k: namespace[k] for k in st.settings.knobs() if k in namespace}
+    settings = get_config(namespace.get("profile") or None, **knobs).step(step_name)
+    run_dir = namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR") or default_run_dir(settings.profile)
     run = RunDir(run_dir)
-    header(step, cfg)
+    header(st.notebook, settings)
     print(f"run folder: {run.path}")
-    seed_everything(cfg["seed"])
-    return cfg, run
+    seed_everything(settings.seed)
+    return settings, run
 
 
 def show(fig, run: RunDir, name: str):
     """Save ``fig`` as ``<run>/figures/<name>.png``; the notebook's inline backend shows it."""
     path = run.save_figure(fig, name)
     print(f"saved figures/{path.name}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    changed = sync_notebooks(check="--check" in sys.argv)
+    print("\n".join(changed) if changed else "every parameters cell is in sync")
+    sys.exit(1 if changed and "--check" in sys.argv else 0)

@@ -1,8 +1,8 @@
 """Run the notebooks in order with papermill into a run folder (``glio-kit run``).
 
-Each notebook is one step of the paper's chain. The executed copies land in
-``<run>/notebooks/``; a step whose record in ``<run>/steps/`` says done, and whose executed
-notebook exists, is not run again unless ``force``.
+Each notebook is one step of the paper's chain (:mod:`glio_kit.steps`). The executed copies
+land in ``<run>/notebooks/``; a step whose record in ``<run>/steps/`` says done, and whose
+executed notebook exists, is not run again unless ``force``.
 """
 from __future__ import annotations
 
@@ -11,15 +11,7 @@ from pathlib import Path
 
 from .errors import GlioKitError
 from .runtime import RunDir, project_root
-
-#: notebook file -> the step record it writes (see RunDir.claim in each step's function)
-STEPS = {
-    "01_data_prep.ipynb": "prep",
-    "02_train_dcgan.ipynb": "train",
-    "03_scoring.ipynb": "score",
-    "04_residuals.ipynb": "residuals",
-    "05_metrics.ipynb": "metrics",
-}
+from .steps import STEPS, all_parameters, by_notebook
 
 
 def notebooks_dir() -> Path:
@@ -32,14 +24,21 @@ def notebooks_dir() -> Path:
 def available_notebooks() -> list[Path]:
     """The chain's notebooks that exist, in order."""
     d = notebooks_dir()
-    return [d / name for name in STEPS if (d / name).exists()]
+    return [d / s.notebook for s in STEPS if (d / s.notebook).exists()]
 
 
-def declared_parameters(nb: Path) -> dict:
-    """Names and defaults in the notebook's ``parameters`` cell."""
-    import papermill as pm
+def check_parameters(params: dict, where: str = "") -> None:
+    """Refuse names that no step declares (catches typos such as ``-p epoch=3``)."""
+    unknown = sorted(set(params) - all_parameters())
+    if unknown:
+        raise GlioKitError(f"{where}parameter(s) {unknown} are not declared by any notebook; "
+                           f"known: {sorted(all_parameters())}")
 
-    return {name: info["default"] for name, info in pm.inspect_notebook(str(nb)).items()}
+
+def notebook_parameters(notebook: str, params: dict) -> dict:
+    """The subset of ``params`` that ``notebook``'s ``parameters`` cell declares."""
+    names = set(by_notebook(notebook).parameter_names())
+    return {k: v for k, v in params.items() if k in names}
 
 
 def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list[str] | None = None,
@@ -47,33 +46,29 @@ def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list
     """Execute the notebooks in order into ``run_dir`` (created if needed).
 
     params : notebook parameters (``name -> value``); each notebook receives the ones its
-        ``parameters`` cell declares. A name no notebook declares is an error (catches typos).
+        step declares (:mod:`glio_kit.steps`). A name no step declares is an error.
     notebooks : file names to run (default: all that exist, in order).
     Returns one dict per notebook: name, status ("ran" | "skipped"), seconds.
     """
     import papermill as pm
 
     params = dict(params or {})
+    check_parameters(params)
     run = RunDir(run_dir)
     out_dir = run.path / "notebooks"
     out_dir.mkdir(exist_ok=True)
     nbs = available_notebooks() if not notebooks else [notebooks_dir() / n for n in notebooks]
-    declared = {nb.name: declared_parameters(nb) for nb in nbs}
-    unknown = sorted(set(params) - set().union(*[set(d) for d in declared.values()]))
-    if unknown:
-        known = sorted(set().union(*[set(d) for d in declared.values()]))
-        raise GlioKitError(f"parameter(s) {unknown} are not declared by any notebook; known: {known}")
     report = []
     for nb in nbs:
-        step = STEPS.get(nb.name)
+        st = by_notebook(nb.name)
         out = out_dir / nb.name
-        if not force and step and run.is_done(step) and out.exists():
+        if not force and run.is_done(st.name) and out.exists():
             report.append(dict(notebook=nb.name, status="skipped", seconds=0.0))
             print(f"[glio-kit] {nb.name}: done earlier, skipped (use --force to redo)")
             continue
-        nb_params = {k: v for k, v in params.items() if k in declared[nb.name]}
+        nb_params = notebook_parameters(nb.name, params)
         nb_params.update(profile=profile, run_dir=str(run.path))
-        if force and "overwrite" in declared[nb.name]:
+        if force and "overwrite" in st.parameters:
             nb_params["overwrite"] = True
         print(f"[glio-kit] {nb.name} -> {out}")
         t0 = time.time()

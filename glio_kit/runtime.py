@@ -68,19 +68,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def header(step: str, cfg: dict) -> dict:
-    """Print the line every notebook starts with: step, kit version, device, profile."""
+def header(step: str, settings) -> dict:
+    """Print the line every notebook starts with: step, kit version, device, profile.
+
+    settings : the step's settings (:mod:`glio_kit.config`): ``device``, ``profile``, ``seed``.
+    """
     import torch
 
-    device = choose_device(cfg.get("device", "auto"))
+    device = choose_device(settings.device)
     info = dict(
         step=step,
         glio_kit=__version__,
         torch=torch.__version__,
         python=platform.python_version(),
         device=str(device),
-        profile=cfg.get("profile"),
-        seed=cfg.get("seed"),
+        profile=settings.profile,
+        seed=settings.seed,
     )
     print(" | ".join(f"{k}: {v}" for k, v in info.items()))
     return info
@@ -144,12 +147,16 @@ class RunDir:
         rec = self.record(step)
         return bool(rec and rec.get("status") == "done")
 
-    def claim(self, step: str, params: dict, after: tuple[str, ...] = (), overwrite: bool = False) -> bool:
+    def claim(self, step: str, params: dict, after: tuple[str, ...] = (), overwrite: bool = False,
+              settings: dict | None = None) -> bool:
         """Register ``step`` with ``params``; return True when it is already done with them.
 
-        ``after`` names the steps this one reads; their parameters are part of its identity,
-        so redoing an earlier step with other values invalidates the later ones. A record
-        with different parameters raises :class:`RunFolderError` unless ``overwrite``.
+        ``params`` are what decide the step's result (its identity: a settings object's
+        :meth:`~glio_kit.config.StepSettings.identity` plus e.g. input paths); ``settings``
+        (optional) every knob it ran with, recorded beside them. ``after`` names the steps this
+        one reads; their parameters are part of its identity, so redoing an earlier step with
+        other values invalidates the later ones. A record with different parameters raises
+        :class:`RunFolderError` unless ``overwrite``.
         """
         params = json.loads(json.dumps(params, default=str))  # plain JSON values only
         upstream = {}
@@ -177,11 +184,21 @@ class RunDir:
             )
         if old is not None and old.get("digest") == digest and old.get("status") == "done":
             return True
-        self._record_path(step).write_text(
-            json.dumps(dict(step=step, status="running", digest=digest, params=params, upstream=upstream), indent=2)
-            + "\n"
-        )
+        rec = dict(step=step, status="running", digest=digest, params=params, upstream=upstream)
+        if settings is not None:
+            rec["settings"] = json.loads(json.dumps(settings, default=str))
+        self._record_path(step).write_text(json.dumps(rec, indent=2) + "\n")
         return False
+
+    def claim_step(self, step: str, settings, extra: dict | None = None, overwrite: bool = False) -> bool:
+        """:meth:`claim` for a step of the chain (:mod:`glio_kit.steps`): its identity is
+        ``settings.identity()`` plus ``extra`` (e.g. input folders); the steps it reads come
+        from the table of steps; every knob is recorded under ``settings``."""
+        from .steps import step as get_step
+
+        params = dict(settings.identity(), **(extra or {}))
+        return self.claim(step, params, after=get_step(step).reads, overwrite=overwrite,
+                          settings=settings.as_dict())
 
     def mark_done(self, step: str, **info) -> None:
         rec = self.record(step)

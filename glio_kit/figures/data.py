@@ -9,20 +9,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .io import load_volume
-from .preprocess import brain_mask, normalise
-
-GREY = dict(cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-
-
-def show_slice(ax, img, lesion=None, title: str = ""):
-    """One slice in the generator's range (grey, -1..1), with the lesion contour in red."""
-    ax.imshow(img, **GREY)
-    if lesion is not None and np.any(lesion):
-        ax.contour(np.asarray(lesion, float), levels=[0.5], colors="red", linewidths=0.8)
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+from ..io import load_volume
+from ..preprocess import brain_mask, normalise
+from .style import show_slice
 
 
 def pick_subjects(cache, n: int = 4, seed: int = 0) -> dict:
