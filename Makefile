@@ -25,8 +25,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/glio-kit run --profile demo --run-dir runs/demo
 
-# Unit tests, then every notebook under nbval in the smoke profile (fresh temporary run folder).
+# Lint (ruff: pyflakes + pycodestyle, line length 110), the notebooks' parameter cells in sync
+# with glio_kit/config.py, unit tests, then every notebook under nbval in the smoke profile
+# (fresh temporary run folder).
 test: $(STAMP)
+	$(BIN)/ruff check .
 	tmp=$$(mktemp -d) && \
 	GLIO_KIT_PROFILE=smoke GLIO_KIT_RUN_DIR=$$tmp/run GLIO_KIT_DATA=$$tmp/data \
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax \

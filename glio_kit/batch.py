@@ -45,11 +45,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .batch_summary import error_line as _error_line
+from .batch_summary import summarise, value_str
 from .errors import GlioKitError
 from .runtime import RUN_MARKER, RunDir, params_digest
+from .steps import PREFIX_STEPS, STEPS, step
 
 #: The notebooks whose work is shared between runs with equal parameters for them.
-PREFIX_NOTEBOOKS = ("01_data_prep.ipynb", "02_train_dcgan.ipynb")
+PREFIX_NOTEBOOKS = tuple(step(name).notebook for name in PREFIX_STEPS)
 #: Notebook parameters that never decide what a step computes.
 NOT_SHARED_KEYS = ("run_dir", "overwrite")
 COHORT_KEYS = ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir")
@@ -109,14 +112,6 @@ def expand_grid(grid: dict) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
-def _value_str(v) -> str:
-    if isinstance(v, (list, tuple)):
-        return "x".join(_value_str(x) for x in v)
-    if isinstance(v, bool):
-        return str(v).lower()
-    return str(v)
-
-
 def run_name(point: dict) -> str:
     """Folder name of a grid point: ``lam=0.1_mapping=encoder`` (filesystem-safe).
 
@@ -124,7 +119,7 @@ def run_name(point: dict) -> str:
     become ``-``; parts are joined with ``_``; lists are joined with ``x`` (``64x64``); an
     empty point is ``base``.
     """
-    parts = [re.sub(r"[^A-Za-z0-9_.=+\-]+", "-", f"{k}={_value_str(v)}") for k, v in point.items()]
+    parts = [re.sub(r"[^A-Za-z0-9_.=+\-]+", "-", f"{k}={value_str(v)}") for k, v in point.items()]
     return "_".join(parts) if parts else "base"
 
 
@@ -176,10 +171,12 @@ def share_prefixes(runs: list[dict], declared: dict, profile: str, prefix=PREFIX
 
 
 def declared_by_notebook() -> dict:
-    """``{notebook file: set of parameter names}`` for the chain's notebooks that exist."""
-    from .runner import available_notebooks, declared_parameters
+    """``{notebook file: set of parameter names}`` for the chain's notebooks that exist
+    (from the table of steps, :mod:`glio_kit.steps`)."""
+    from .runner import available_notebooks
 
-    return {nb.name: set(declared_parameters(nb)) for nb in available_notebooks()}
+    present = {nb.name for nb in available_notebooks()}
+    return {s.notebook: set(s.parameter_names()) for s in STEPS if s.notebook in present}
 
 
 # ---------------------------------------------------------------------- run folders
@@ -231,7 +228,7 @@ def prepare_synthetic_cohorts(runs: list[dict], profile: str, say=print) -> int:
     the same time would collide, so the batch makes each distinct cohort here, serially, and
     the notebooks then find it ready. Returns the number of cohorts prepared.
     """
-    from .config import BASE, get_config
+    from .config import PrepSettings, get_config
     from .preprocess import resolve_cohort
 
     done = set()
@@ -239,12 +236,12 @@ def prepare_synthetic_cohorts(runs: list[dict], profile: str, say=print) -> int:
         p = r["params"]
         if any(p.get(k) for k in COHORT_KEYS):
             continue
-        cfg = get_config(profile, **{k: v for k, v in p.items() if k in BASE})
-        key = tuple(sorted((k, str(v)) for k, v in cfg.items() if k == "seed" or k.startswith("synth_")))
+        prep = get_config(profile, **{k: v for k, v in p.items() if k in PrepSettings.knobs()}).prep
+        key = tuple(sorted((k, str(v)) for k, v in prep.identity().items() if k == "seed" or k.startswith("synth_")))
         if key in done:
             continue
-        say(f"[batch] synthetic cohort for {profile}, seed {cfg['seed']} (once, before the runs)")
-        resolve_cohort(cfg, progress=False)
+        say(f"[batch] synthetic cohort for {profile}, seed {prep.seed} (once, before the runs)")
+        resolve_cohort(prep, progress=False)
         done.add(key)
     return len(done)
 
@@ -253,16 +250,6 @@ def _default_executor(run_dir, profile, params, notebooks=None, force=False):
     from .runner import run_chain
 
     return run_chain(run_dir, profile, params, notebooks=notebooks, force=force, log_output=False, progress=False)
-
-
-def _error_line(err: BaseException) -> str:
-    """First informative line of an error (papermill's: ``ename: evalue``)."""
-    if getattr(err, "ename", None):
-        return f"{err.ename}: {str(getattr(err, 'evalue', '')).splitlines()[0] if getattr(err, 'evalue', '') else ''}"
-    for line in str(err).splitlines():
-        if line.strip() and set(line.strip()) != {"-"}:
-            return f"{type(err).__name__}: {line.strip()}"
-    return type(err).__name__
 
 
 def _job(executor, run_dir, profile, params, notebooks, force):
@@ -288,214 +275,138 @@ def run_batch(grid_path, workers: int = 1, force: bool = False, executor=None, d
     workers : runs executed at the same time.
     executor : callable ``(run_dir, profile, params, notebooks=None, force=False)``; default
         :func:`glio_kit.runner.run_chain`. Tests inject a fake one.
-    declared : ``{notebook: parameter names}``; default read from the notebooks with papermill.
+    declared : ``{notebook: parameter names}``; default from the table of steps.
     pool : ``"process"`` (default for the real executor with workers > 1: each run in its own
         process), ``"thread"`` (default for an injected executor) or ``"auto"``.
     cohorts : write the synthetic cohort(s) once before the runs start
         (:func:`prepare_synthetic_cohorts`); ``"auto"`` = with the real executor only.
     Returns the summary table (also written as ``<out>/summary.csv``, ``.md``, ``.png``).
     """
+    plan = _plan_batch(grid_path, declared)
+    say = print if progress else (lambda *a, **k: None)
+    status = {name: dict(status="done earlier", seconds=0.0, error="")
+              for name, r in plan.by_name.items() if not force and is_finished(r["dir"])}
+    pending = [r["name"] for r in plan.runs if r["name"] not in status]
+    _write_batch_json(plan)
+
+    executor = executor or _default_executor
+    if pool == "auto":
+        pool = "process" if executor is _default_executor and workers > 1 else "thread"
+    if cohorts == "auto":
+        cohorts = executor is _default_executor
+    if cohorts and pending:
+        try:
+            prepare_synthetic_cohorts([plan.by_name[n] for n in pending], plan.profile, say)
+        except Exception as err:  # noqa: BLE001 - each run then reports its own error
+            say(f"[batch] could not prepare the synthetic cohort up front: {_error_line(err)}")
+    Pool = ProcessPoolExecutor if pool == "process" else ThreadPoolExecutor
+    with Pool(max_workers=max(1, int(workers))) as ex:
+        _execute(plan, pending, status, ex, executor, force, say)
+    return summarise(plan.out, plan.runs, status, plan.group_of)
+
+
+class _Plan:
+    """What a batch will run: the grid's runs, their folders, and which share a prefix."""
+
+    def __init__(self, spec: dict, declared: dict, runs: list[dict], out: Path):
+        self.profile, self.spec, self.declared, self.runs, self.out = spec["profile"], spec, declared, runs, out
+        self.notebooks = list(declared)  # in chain order (dict order)
+        self.prefix_nbs = [nb for nb in self.notebooks if nb in PREFIX_NOTEBOOKS]
+        self.later_nbs = [nb for nb in self.notebooks if nb not in PREFIX_NOTEBOOKS]
+        sharing = self.prefix_nbs and self.later_nbs
+        self.groups = share_prefixes(runs, declared, self.profile, PREFIX_NOTEBOOKS) if sharing else {}
+        self.group_of = {name: key for key, names in self.groups.items() for name in names}
+        self.by_name = {r["name"]: r for r in runs}
+        for r in runs:
+            r["dir"] = out / r["name"]
+
+
+def _plan_batch(grid_path, declared: dict | None) -> _Plan:
+    """Read the grid, check its parameter names against the notebooks, plan the runs."""
     spec = load_grid(grid_path)
-    profile = spec["profile"]
     out = Path(spec["out"]).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     declared = {k: set(v) for k, v in (declared if declared is not None else declared_by_notebook()).items()}
     if not declared:
         raise GlioKitError("no notebooks found to run")
-    notebooks = [nb for nb in declared]  # in chain order (dict order)
     runs = plan_runs(spec)
     all_names = set().union(*declared.values())
     bad = sorted({k for r in runs for k in r["params"]} - all_names)
     if bad:
         raise GlioKitError(f"{grid_path}: parameter(s) {bad} are not declared by any notebook; "
                            f"known: {sorted(all_names - set(NOT_SHARED_KEYS))}")
-    prefix_nbs = [nb for nb in notebooks if nb in PREFIX_NOTEBOOKS]
-    later_nbs = [nb for nb in notebooks if nb not in PREFIX_NOTEBOOKS]
-    groups = share_prefixes(runs, declared, profile, PREFIX_NOTEBOOKS) if prefix_nbs and later_nbs else {}
-    group_of = {name: key for key, names in groups.items() for name in names}
-    by_name = {r["name"]: r for r in runs}
+    return _Plan(spec, declared, runs, out)
 
-    status = {}
-    pending = []
-    for r in runs:
-        r["dir"] = out / r["name"]
-        if not force and is_finished(r["dir"]):
-            status[r["name"]] = dict(status="done earlier", seconds=0.0, error="")
-        else:
-            pending.append(r["name"])
-    (out / "batch.json").write_text(json.dumps(dict(
-        profile=profile, grid=spec["grid"], base=spec["base"], shared={k: v for k, v in groups.items()},
-        runs={r["name"]: dict(point=r["point"], prefix=group_of.get(r["name"], "")) for r in runs},
+
+def _write_batch_json(plan: _Plan) -> None:
+    (plan.out / "batch.json").write_text(json.dumps(dict(
+        profile=plan.profile, grid=plan.spec["grid"], base=plan.spec["base"], shared=dict(plan.groups),
+        runs={r["name"]: dict(point=r["point"], prefix=plan.group_of.get(r["name"], "")) for r in plan.runs},
     ), indent=2, default=str) + "\n")
 
-    executor = executor or _default_executor
-    if pool == "auto":
-        pool = "process" if executor is _default_executor and workers > 1 else "thread"
-    Pool = ProcessPoolExecutor if pool == "process" else ThreadPoolExecutor
-    say = print if progress else (lambda *a, **k: None)
 
-    if cohorts == "auto":
-        cohorts = executor is _default_executor
-    if cohorts and pending:
-        try:
-            prepare_synthetic_cohorts([by_name[n] for n in pending], profile, say)
-        except Exception as err:  # noqa: BLE001 - each run then reports its own error
-            say(f"[batch] could not prepare the synthetic cohort up front: {_error_line(err)}")
-
-    needed = {}
+def _execute(plan: _Plan, pending: list[str], status: dict, ex, executor, force: bool, say) -> None:
+    """Submit the shared prefixes, then each run (seeded from its prefix once that is done);
+    fill ``status`` as runs finish."""
+    futures, prefix_result = {}, {}
+    needed: dict[str, list[str]] = {}
     for name in pending:
-        if name in group_of:
-            needed.setdefault(group_of[name], []).append(name)
-    prefix_result = {}
-    with Pool(max_workers=max(1, int(workers))) as ex:
-        futures = {}
+        if name in plan.group_of:
+            needed.setdefault(plan.group_of[name], []).append(name)
 
-        def submit_run(name, seeded: bool):
-            r = by_name[name]
-            if seeded:
-                nbs = later_nbs
+    def submit(run_dir, params, nbs, what):
+        f = ex.submit(_job, executor, run_dir, plan.profile, _filter(params, plan.declared, nbs), nbs, force)
+        futures[f] = what
+
+    for key, names in needed.items():
+        say(f"[batch] shared prefix {SHARED_DIR}/{key} ({', '.join(plan.prefix_nbs)}) for {', '.join(names)}")
+        submit(plan.out / SHARED_DIR / key, plan.by_name[names[0]]["params"], plan.prefix_nbs, ("prefix", key))
+    for name in pending:
+        if name not in plan.group_of:
+            say(f"[batch] {name}: {', '.join(plan.notebooks)}")
+            submit(plan.by_name[name]["dir"], plan.by_name[name]["params"], plan.notebooks, ("run", name))
+    while futures:
+        done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+        for f in done:
+            kind, ident = futures.pop(f)
+            res = f.result()
+            if kind == "prefix":
+                prefix_result[ident] = res
+                for name in needed[ident]:
+                    if _seed_run(plan, ident, name, res, status, say):
+                        say(f"[batch] {name}: {', '.join(plan.later_nbs)}")
+                        submit(plan.by_name[name]["dir"], plan.by_name[name]["params"], plan.later_nbs,
+                               ("run", name))
             else:
-                nbs = notebooks
-            say(f"[batch] {name}: {', '.join(nbs)}")
-            f = ex.submit(_job, executor, r["dir"], profile, _filter(r["params"], declared, nbs), nbs, force)
-            futures[f] = ("run", name)
-
-        for key, names in needed.items():
-            shared_dir = out / SHARED_DIR / key
-            params = _filter(by_name[names[0]]["params"], declared, prefix_nbs)
-            say(f"[batch] shared prefix {SHARED_DIR}/{key} ({', '.join(prefix_nbs)}) for {', '.join(names)}")
-            f = ex.submit(_job, executor, shared_dir, profile, params, prefix_nbs, force)
-            futures[f] = ("prefix", key)
-        for name in pending:
-            if name not in group_of:
-                submit_run(name, seeded=False)
-        while futures:
-            done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-            for f in done:
-                kind, ident = futures.pop(f)
-                res = f.result()
-                if kind == "prefix":
-                    prefix_result[ident] = res
-                    for name in needed[ident]:
-                        if not res["ok"]:
-                            status[name] = dict(status="failed", seconds=0.0,
-                                                error=f"shared prefix failed: {res['error']}")
-                            say(f"[batch] {name}: FAILED (shared prefix: {res['error']})")
-                            continue
-                        try:
-                            RunDir(by_name[name]["dir"])  # refuse a folder that is not a run folder
-                            seed_from_prefix(out / SHARED_DIR / ident, by_name[name]["dir"], prefix_nbs)
-                        except Exception as err:  # noqa: BLE001
-                            status[name] = dict(status="failed", seconds=0.0, error=_error_line(err))
-                            say(f"[batch] {name}: FAILED ({_error_line(err)})")
-                            continue
-                        submit_run(name, seeded=True)
-                else:
-                    st = dict(status="ok" if res["ok"] else "failed", seconds=res["seconds"], error=res["error"])
-                    if res["ok"] and not is_finished(by_name[ident]["dir"]):
-                        st.update(status="incomplete", error="ran, but left no metrics.json / done metrics step "
-                                  "(is the metrics notebook there?)")
-                    key = group_of.get(ident)
-                    if key in prefix_result:
-                        st["prefix_seconds"] = prefix_result[key]["seconds"]
-                    status[ident] = st
-                    if not res["ok"]:
-                        (out / "errors").mkdir(exist_ok=True)
-                        (out / "errors" / f"{ident}.txt").write_text(res.get("traceback", res["error"]))
-                    say(f"[batch] {ident}: {st['status']} ({st['seconds']} s){' - ' + st['error'] if st['error'] else ''}")
-    table = summarise(out, runs, status, group_of)
-    return table
+                _finish_run(plan, ident, res, prefix_result, status, say)
 
 
-# ---------------------------------------------------------------------------- summary
-SUMMARY_METRICS = ("subject_auc", "accuracy", "precision", "recall", "pixel_dice")
-
-
-def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None) -> pd.DataFrame:
-    """Write ``summary.csv``, ``summary.md`` and ``summary.png`` in the batch folder ``out``."""
-    out = Path(out)
-    group_of = group_of or {}
-    grid_names = list(dict.fromkeys(k for r in runs for k in r["point"]))
-    rows = []
-    for r in runs:
-        st = status.get(r["name"], dict(status="not run", seconds=0.0, error=""))
-        row = dict(run=r["name"], **{k: _value_str(r["point"].get(k, "")) if isinstance(r["point"].get(k), (list, tuple))
-                                     else r["point"].get(k, "") for k in grid_names})
-        m = {}
-        mfile = out / r["name"] / "metrics.json"
-        if st["status"] in ("ok", "done earlier") and mfile.exists():
-            m = json.loads(mfile.read_text())
-        for k in SUMMARY_METRICS:
-            row[k] = m.get(k)
-        row["baseline_auc"] = (m.get("baseline") or {}).get("subject_auc")
-        ci = m.get("ci") or {}
-        for k in ("subject_auc", "accuracy"):
-            lo, hi = (ci.get(k) or [None, None])
-            row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
-        row["seconds"] = st.get("seconds", 0.0)
-        row["prefix_seconds"] = st.get("prefix_seconds", 0.0)
-        row["shared_prefix"] = group_of.get(r["name"], "")
-        row["status"] = st["status"]
-        row["error"] = st.get("error", "")
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(summary_markdown(table, grid_names))
+def _seed_run(plan: _Plan, key: str, name: str, res: dict, status: dict, say) -> bool:
+    """Link a finished shared prefix into run ``name``; False (and a failed status) if impossible."""
+    if not res["ok"]:
+        status[name] = dict(status="failed", seconds=0.0, error=f"shared prefix failed: {res['error']}")
+        say(f"[batch] {name}: FAILED (shared prefix: {res['error']})")
+        return False
     try:
-        fig = summary_figure(table)
-        fig.savefig(out / "summary.png", dpi=120, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    except Exception as err:  # noqa: BLE001 - the tables matter more than the picture
-        print(f"[batch] summary.png not written: {_error_line(err)}")
-    return table
-
-
-def summary_markdown(table: pd.DataFrame, grid_names: list[str]) -> str:
-    def f(v):
-        return "–" if v is None or (isinstance(v, float) and v != v) else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-    cols = ["run", *grid_names, "subject AUC (95% CI)", "accuracy (95% CI)", "precision", "recall", "pixel Dice",
-            "baseline AUC", "seconds", "status"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        auc = f(r["subject_auc"]) + (f" ({f(r['subject_auc_lo'])}–{f(r['subject_auc_hi'])})"
-                                     if r["subject_auc_lo"] is not None and r["subject_auc_lo"] == r["subject_auc_lo"] else "")
-        acc = f(r["accuracy"]) + (f" ({f(r['accuracy_lo'])}–{f(r['accuracy_hi'])})"
-                                  if r["accuracy_lo"] is not None and r["accuracy_lo"] == r["accuracy_lo"] else "")
-        status = r["status"] + (f": {r['error']}" if r["error"] else "")
-        vals = [r["run"], *[f(r[g]) for g in grid_names], auc, acc, f(r["precision"]), f(r["recall"]),
-                f(r["pixel_dice"]), f(r["baseline_auc"]), f(float(r["seconds"])), status.replace("|", "/")]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"
+        RunDir(plan.by_name[name]["dir"])  # refuse a folder that is not a run folder
+        seed_from_prefix(plan.out / SHARED_DIR / key, plan.by_name[name]["dir"], plan.prefix_nbs)
+    except Exception as err:  # noqa: BLE001
+        status[name] = dict(status="failed", seconds=0.0, error=_error_line(err))
+        say(f"[batch] {name}: FAILED ({_error_line(err)})")
+        return False
+    return True
 
 
-def summary_figure(table: pd.DataFrame):
-    """Bars of subject AUC and accuracy per run with 95% CI whiskers; failed runs marked."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = len(table)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * n + 3), 3.8), sharey=True)
-    x = np.arange(n)
-    for ax, key, title in ((axes[0], "subject_auc", "subject AUC"), (axes[1], "accuracy", "accuracy")):
-        vals = pd.to_numeric(table[key], errors="coerce").to_numpy(dtype=float)
-        lo = pd.to_numeric(table[f"{key}_lo"], errors="coerce").to_numpy(dtype=float)
-        hi = pd.to_numeric(table[f"{key}_hi"], errors="coerce").to_numpy(dtype=float)
-        err = np.vstack([np.where(np.isfinite(lo), vals - lo, 0), np.where(np.isfinite(hi), hi - vals, 0)])
-        err = np.where(np.isfinite(err), np.maximum(err, 0), 0)
-        ax.bar(x, np.nan_to_num(vals), yerr=err, capsize=3, color="C0")
-        if key == "subject_auc" and "baseline_auc" in table:
-            b = pd.to_numeric(table["baseline_auc"], errors="coerce").to_numpy(dtype=float)
-            ax.plot(x, b, "D", color="C1", label="intensity baseline")
-            ax.legend(fontsize=7, loc="lower right")
-        for i, s in enumerate(table["status"]):
-            if s not in ("ok", "done earlier"):
-                ax.text(i, 0.05, s, rotation=90, ha="center", va="bottom", color="C3", fontsize=8)
-        ax.axhline(0.5, color="grey", ls=":", lw=0.8)  # chance (AUC) / a coin on a balanced set
-        ax.set_xticks(x, table["run"], rotation=40, ha="right", fontsize=7)
-        ax.set(ylim=(0, 1.05), title=title)
-    fig.suptitle("Batch summary (test set; whiskers = 95% bootstrap CI)", fontsize=10)
-    fig.tight_layout()
-    return fig
+def _finish_run(plan: _Plan, name: str, res: dict, prefix_result: dict, status: dict, say) -> None:
+    st = dict(status="ok" if res["ok"] else "failed", seconds=res["seconds"], error=res["error"])
+    if res["ok"] and not is_finished(plan.by_name[name]["dir"]):
+        st.update(status="incomplete", error="ran, but left no metrics.json / done metrics step "
+                  "(is the metrics notebook there?)")
+    key = plan.group_of.get(name)
+    if key in prefix_result:
+        st["prefix_seconds"] = prefix_result[key]["seconds"]
+    status[name] = st
+    if not res["ok"]:
+        (plan.out / "errors").mkdir(exist_ok=True)
+        (plan.out / "errors" / f"{name}.txt").write_text(res.get("traceback", res["error"]))
+    say(f"[batch] {name}: {st['status']} ({st['seconds']} s){' - ' + st['error'] if st['error'] else ''}")

@@ -30,17 +30,14 @@ def parse_assignments(items: list[str]) -> dict:
 def cmd_synth(args) -> int:
     from .synth import make_cohort
 
-    base = get_config(args.profile)
-    paths = make_cohort(
-        args.out,
-        n_train_healthy=args.n_train_healthy if args.n_train_healthy is not None else base["synth_train_healthy"],
-        n_test_healthy=args.n_test_healthy if args.n_test_healthy is not None else base["synth_test_healthy"],
-        n_test_tumor=args.n_test_tumor if args.n_test_tumor is not None else base["synth_test_tumor"],
-        seed=args.seed,
-        voxel_size=args.voxel_size if args.voxel_size is not None else base["synth_voxel_size"],
-        wmh_fraction=args.wmh_fraction if args.wmh_fraction is not None else base["synth_wmh_fraction"],
-        overwrite=args.overwrite,
-    )
+    # the profile's synth_* settings, with what the command line gives on top
+    given = dict(synth_train_healthy=args.n_train_healthy, synth_test_healthy=args.n_test_healthy,
+                 synth_test_tumor=args.n_test_tumor, synth_voxel_size=args.voxel_size,
+                 synth_wmh_fraction=args.wmh_fraction)
+    s = get_config(args.profile, seed=args.seed, **given).prep
+    paths = make_cohort(args.out, n_train_healthy=s.synth_train_healthy, n_test_healthy=s.synth_test_healthy,
+                        n_test_tumor=s.synth_test_tumor, seed=s.seed, voxel_size=s.synth_voxel_size,
+                        wmh_fraction=s.synth_wmh_fraction, overwrite=args.overwrite)
     for k, v in paths.items():
         print(f"{k}: {v}")
     return 0

@@ -186,7 +186,7 @@ class ScoreSettings(StepSettings):
     encoder_batch_size: int = knob(32, "f-AnoGAN encoder: training batch size")
     kappa: float = knob(1.0, "f-AnoGAN izi_f weight of the feature term")
     subject_reduction: str = knob("mean", "subject score from slice scores: mean (paper) | max | topk")
-    topk: int = knob(3, "slices averaged by subject_reduction = topk")
+    topk: int = knob(3, "how many of the highest slice scores the topk reduction averages")
     residual_kind: str = knob("positive", "residual maps for metrics: positive max(x - G(z), 0) | absolute")
     median_filter: int = knob(3, "residual maps: median filter size in pixels (0: off)")
     erode: int = knob(1, "residual maps: brain mask erosion in pixels")

@@ -30,6 +30,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .cohort import Subject, discover
+from .config import PrepSettings
 from .errors import InputError
 from .io import load_segmentation, load_volume
 
@@ -140,7 +141,7 @@ def resize_slices(stack: np.ndarray, hw, kind: str = "image") -> np.ndarray:
     return t[:, 0].numpy()
 
 
-def preprocess_volume(subject: Subject, cfg: dict) -> dict:
+def preprocess_volume(subject: Subject, settings: PrepSettings) -> dict:
     """Everything the cache stores for one subject.
 
     Returns dict with ``images`` (n_slices, H, W) float32 in [-1, 1], ``brain`` and
@@ -149,9 +150,10 @@ def preprocess_volume(subject: Subject, cfg: dict) -> dict:
     vol = load_volume(subject.image)
     brain = brain_mask(vol.data)
     seg = load_segmentation(subject.mask, vol) if subject.mask else None
-    x = to_generator_range(normalise(vol.data, brain, cfg["normalisation"]), brain, cfg["normalisation"])
-    zs = slab_indices(brain, cfg["slab"], cfg["n_slices"])
-    hw = cfg["image_size"]
+    method = settings.normalisation
+    x = to_generator_range(normalise(vol.data, brain, method), brain, method)
+    zs = slab_indices(brain, settings.slab, settings.n_slices)
+    hw = settings.image_size
     box = inplane_box(brain, hw[0] / hw[1])
     img = np.stack([crop_pad(axial_view(x, z), box, -1.0) for z in zs])
     brn = np.stack([crop_pad(axial_view(brain, z), box, False) for z in zs]).astype(np.float32)
@@ -243,7 +245,7 @@ class SliceCache:
         )).reset_index()
 
 
-def build_cache(subjects: list[Subject], folder, cfg: dict, progress: bool = True) -> SliceCache:
+def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progress: bool = True) -> SliceCache:
     """Preprocess ``subjects`` one volume at a time into a slice cache at ``folder``.
 
     The arrays are written slice-block by slice-block straight into pre-allocated ``.npy``
@@ -260,7 +262,7 @@ def build_cache(subjects: list[Subject], folder, cfg: dict, progress: bool = Tru
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    n, (h, w) = len(subjects) * int(cfg["n_slices"]), cfg["image_size"]
+    n, (h, w) = len(subjects) * settings.n_slices, settings.image_size
     specs = {"images.npy": np.float32, "brain.npy": np.uint8, "lesion.npy": np.uint8}
     offsets = {}
     for name, dtype in specs.items():
@@ -271,7 +273,7 @@ def build_cache(subjects: list[Subject], folder, cfg: dict, progress: bool = Tru
     files = {name: open(tmp / name, "r+b") for name in specs}
     try:
         for k, subj in enumerate(tqdm(subjects, desc="preprocess", disable=not progress or quiet())):
-            out = preprocess_volume(subj, cfg)
+            out = preprocess_volume(subj, settings)
             for name, key in (("images.npy", "images"), ("brain.npy", "brain"), ("lesion.npy", "lesion")):
                 block = np.ascontiguousarray(out[key], dtype=specs[name])
                 files[name].seek(offsets[name] + k * block.nbytes)
@@ -285,8 +287,8 @@ def build_cache(subjects: list[Subject], folder, cfg: dict, progress: bool = Tru
         for f in files.values():
             f.close()
     pd.DataFrame(rows).to_csv(tmp / "index.csv", index=False)
-    meta = {k: cfg[k] for k in ("normalisation", "image_size", "slab", "n_slices", "val_fraction", "seed")}
-    meta["generator_window"] = GENERATOR_WINDOW[cfg["normalisation"]]
+    meta = {k: v for k, v in settings.identity().items() if not k.startswith("synth_")}
+    meta["generator_window"] = GENERATOR_WINDOW[settings.normalisation]
     (tmp / "prep.json").write_text(json.dumps(meta, indent=2) + "\n")
     if folder.exists():
         shutil.rmtree(folder)
@@ -295,15 +297,13 @@ def build_cache(subjects: list[Subject], folder, cfg: dict, progress: bool = Tru
 
 
 # -------------------------------------------------------------------------- the step
-PREP_KEYS = ("normalisation", "image_size", "slab", "n_slices", "val_fraction", "seed")
-
-
-def resolve_cohort(cfg: dict, train_healthy_dir: str = "", test_healthy_dir: str = "",
+def resolve_cohort(settings: PrepSettings, train_healthy_dir: str = "", test_healthy_dir: str = "",
                    test_tumor_dir: str = "", progress: bool = True) -> dict:
     """The three cohort folders: the user's, or the synthetic demo cohort when all are empty.
 
-    Returns dict with ``train_healthy``, ``test_healthy``, ``test_tumor`` (str paths) and
-    ``synthetic`` (bool).
+    The synthetic cohort is ``<data>/synthetic-<profile>-seed<seed>``, written once with the
+    ``synth_*`` settings and reused afterwards. Returns dict with ``train_healthy``,
+    ``test_healthy``, ``test_tumor`` (str paths) and ``synthetic`` (bool).
     """
     given = {"train_healthy_dir": train_healthy_dir, "test_healthy_dir": test_healthy_dir,
              "test_tumor_dir": test_tumor_dir}
@@ -317,28 +317,29 @@ def resolve_cohort(cfg: dict, train_healthy_dir: str = "", test_healthy_dir: str
     from .runtime import default_data_dir
     from .synth import make_cohort
 
-    root = default_data_dir() / f"synthetic-{cfg['profile']}-seed{cfg['seed']}"
-    paths = make_cohort(root, n_train_healthy=cfg["synth_train_healthy"], n_test_healthy=cfg["synth_test_healthy"],
-                        n_test_tumor=cfg["synth_test_tumor"], seed=cfg["seed"], voxel_size=cfg["synth_voxel_size"],
-                        wmh_fraction=cfg["synth_wmh_fraction"], progress=progress)
+    s = settings
+    root = default_data_dir() / f"synthetic-{s.profile}-seed{s.seed}"
+    paths = make_cohort(root, n_train_healthy=s.synth_train_healthy, n_test_healthy=s.synth_test_healthy,
+                        n_test_tumor=s.synth_test_tumor, seed=s.seed, voxel_size=s.synth_voxel_size,
+                        wmh_fraction=s.synth_wmh_fraction, progress=progress)
     return dict(train_healthy=str(paths["train_healthy"]), test_healthy=str(paths["test_healthy"]),
                 test_tumor=str(paths["test_tumor"]), synthetic=True)
 
 
-def prepare(run, cfg: dict, cohort: dict, overwrite: bool = False, progress: bool = True) -> SliceCache:
+def prepare(run, settings: PrepSettings, cohort: dict, overwrite: bool = False, progress: bool = True) -> SliceCache:
     """Step 01: discover the cohort, split it and build the slice cache in ``run/cache``.
 
-    Reuses the cache when this run folder already prepared the same cohort with the same
-    parameters; stops with :class:`~glio_kit.errors.RunFolderError` when it holds another.
+    cohort : from :func:`resolve_cohort`. Reuses the cache when this run folder already
+    prepared the same cohort with the same settings; stops with
+    :class:`~glio_kit.errors.RunFolderError` when it holds another.
     """
-    params = {k: cfg[k] for k in PREP_KEYS}
-    params.update({k: cohort[k] for k in ("train_healthy", "test_healthy", "test_tumor")})
-    if run.claim("prep", params, overwrite=overwrite) and (run / "cache").exists():
+    folders = {k: cohort[k] for k in ("train_healthy", "test_healthy", "test_tumor")}
+    if run.claim_step("prep", settings, extra=folders, overwrite=overwrite) and (run / "cache").exists():
         return SliceCache(run / "cache")
     subjects = assign_splits(discover(cohort["train_healthy"]), discover(cohort["test_healthy"]),
-                             discover(cohort["test_tumor"]), cfg["val_fraction"], cfg["seed"],
+                             discover(cohort["test_tumor"]), settings.val_fraction, settings.seed,
                              source=cohort["train_healthy"])
-    cache = build_cache(subjects, run / "cache", cfg, progress=progress)
+    cache = build_cache(subjects, run / "cache", settings, progress=progress)
     counts = cache.subjects().groupby("split").size().to_dict()
     run.mark_done("prep", n_slices=len(cache), subjects=counts)
     return cache

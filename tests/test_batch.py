@@ -8,8 +8,8 @@ import yaml
 
 from glio_kit import batch as B
 from glio_kit.errors import GlioKitError
-from glio_kit.runner import STEPS
 from glio_kit.runtime import RunDir
+from glio_kit.steps import by_notebook
 
 COMMON = {"profile", "run_dir", "seed", "device", "overwrite"}
 DECLARED = {
@@ -37,7 +37,7 @@ class FakeRunner:
             self.calls.append(dict(run_dir=str(run_dir), notebooks=list(nbs), params=dict(params), force=force))
         run = RunDir(run_dir)
         for nb in nbs:
-            step = STEPS[nb]
+            step = by_notebook(nb).name
             if step == "score" and self.fail(params):
                 raise RuntimeError("CUDA out of memory\nsecond line of the traceback")
             run.claim(step, {k: v for k, v in params.items() if k in DECLARED[nb]}, overwrite=True)
@@ -242,7 +242,7 @@ def test_synthetic_cohorts_prepared_once_per_seed(monkeypatch):
     import glio_kit.preprocess as P
 
     made = []
-    monkeypatch.setattr(P, "resolve_cohort", lambda cfg, *a, **k: made.append((cfg["profile"], cfg["seed"])))
+    monkeypatch.setattr(P, "resolve_cohort", lambda s, *a, **k: made.append((s.profile, s.seed)))
     spec = dict(profile="smoke", out="x", base={}, grid={"seed": [0, 1], "lam": [0, 0.5]})
     assert B.prepare_synthetic_cohorts(B.plan_runs(spec), "smoke", say=lambda *a: None) == 2
     assert made == [("smoke", 0), ("smoke", 1)]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from glio_kit.config import get_config, image_hw, profile_name
+from glio_kit.config import SETTINGS, ScoreSettings, all_knobs, get_config, image_hw, profile_name
 from glio_kit.errors import RunFolderError
 from glio_kit.runtime import RunDir
 
@@ -11,12 +11,38 @@ def test_profiles_and_overrides(monkeypatch):
     monkeypatch.delenv("GLIO_KIT_PROFILE", raising=False)
     assert profile_name() == "demo"
     monkeypatch.setenv("GLIO_KIT_PROFILE", "smoke")
-    cfg = get_config(None, epochs=None, lam=0.5)
-    assert cfg["profile"] == "smoke" and cfg["image_size"] == [32, 32]
-    assert cfg["lam"] == 0.5 and cfg["epochs"] == 2  # None keeps the profile value
+    s = get_config(None, epochs=None, lam=0.5)
+    assert s.profile == "smoke" and s.prep.profile == "smoke" and s.prep.image_size == (32, 32)
+    assert s.score.lam == 0.5 and s.train.epochs == 2  # None keeps the profile value
     paper = get_config("paper")
-    assert paper["image_size"] == [448, 364] and paper["epochs"] == 150 and paper["mapping_steps"] == 500
-    assert paper["lam"] == 0.1
+    assert paper.prep.image_size == (448, 364) and paper.train.epochs == 150 and paper.score.mapping_steps == 500
+    assert paper.score.lam == 0.1
+
+
+def test_settings_are_typed_and_checked():
+    s = get_config("smoke", epochs="3", lr=1, amp="false", image_size="32x24")
+    assert s.train.epochs == 3 and isinstance(s.train.lr, float) and s.train.amp is False
+    assert s.prep.image_size == (32, 24) and s.prep.identity()["image_size"] == [32, 24]
+    with pytest.raises(ValueError, match="epochs must be int"):
+        get_config("smoke", epochs=2.5)
+    with pytest.raises(ValueError, match="mapping must be one of"):
+        get_config("smoke", mapping="gradient")
+    with pytest.raises(ValueError, match="lam must be in"):
+        get_config("smoke", lam=2)
+    # a knob that does not change the result is recorded but not part of the step's identity
+    s = get_config("smoke").score
+    assert "mapping_batch_size" in s.as_dict() and "mapping_batch_size" not in s.identity()
+    assert {"median_filter", "erode", "residual_kind", "encoder_lr"} <= set(s.identity())
+
+
+def test_every_knob_is_written_once():
+    """Each knob belongs to the steps that read it; only seed and device are shared by all."""
+    shared = {k for k, steps in all_knobs().items() if len(steps) > 1}
+    assert shared == {"seed", "device"}
+    for name, cls in SETTINGS.items():
+        for knob in cls.knobs():
+            assert cls.help(knob), f"{name}.{knob} has no help text"
+    assert ScoreSettings().median_filter == 3  # the demo's defaults are the fields' defaults
 
 
 def test_unknown_profile_and_parameter():

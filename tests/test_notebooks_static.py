@@ -40,12 +40,16 @@ def test_parameters_cell_is_read_whole_by_papermill(nb):
     assert set(pm.inspect_notebook(str(nb))) == names, "papermill could not parse every parameter line"
 
 
-def test_every_parameter_is_a_known_knob():
-    from glio_kit.config import BASE
-    from glio_kit.notebook import NON_KNOBS
+def test_parameters_cells_are_written_from_the_settings():
+    """Each notebook declares exactly its step's knobs (from glio_kit.config) and parameters."""
+    from glio_kit.notebook import sync_notebooks
+    from glio_kit.steps import STEPS
 
-    for nb in NOTEBOOKS:
-        tagged = next(c for c in _cells(nb) if "parameters" in c.get("metadata", {}).get("tags", []))
+    assert sorted(nb.name for nb in NOTEBOOKS) == sorted(s.notebook for s in STEPS)
+    stale = sync_notebooks(ROOT / "notebooks", check=True)
+    assert not stale, f"{stale}: parameters cell out of date; run python -m glio_kit.notebook"
+    for st in STEPS:
+        tagged = next(c for c in _cells(ROOT / "notebooks" / st.notebook)
+                      if "parameters" in c.get("metadata", {}).get("tags", []))
         names = {t.id for node in ast.parse(_source(tagged)).body for t in node.targets}
-        unknown = names - set(BASE) - set(NON_KNOBS)
-        assert not unknown, f"{nb.name}: parameters {unknown} are neither profile knobs nor {NON_KNOBS}"
+        assert names == set(st.parameter_names())
