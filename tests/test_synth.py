@@ -7,6 +7,7 @@ import pytest
 
 from glio_kit.errors import RunFolderError
 from glio_kit.synth import load_templates, make_cohort, synth_subject
+from glio_kit.synth.cohort import _subject_plan
 
 V = 4.0  # mm; every test works on the coarse grid to stay fast
 
@@ -141,6 +142,31 @@ def test_bad_kind():
         synth_subject("glioma", 0, V)
 
 
+# ------------------------------------------------------------------------- subject plan
+def test_plan_subjects_independent_of_group_sizes():
+    small = _subject_plan(2, 3, 1, seed=6, wmh_fraction=0.4)
+    large = _subject_plan(5, 9, 4, seed=6, wmh_fraction=0.4)
+    for group in ("train_healthy", "test_healthy", "test_tumor"):
+        a = [p for p in small if p["folder"] == group]
+        b = [p for p in large if p["folder"] == group]
+        assert a == b[: len(a)]
+    seeds = [tuple(p["seed"]) for p in large]
+    assert len(set(seeds)) == len(seeds)  # no two subjects share a random stream
+    ids = [p["id"] for p in large]
+    assert len(set(ids)) == len(ids)
+    # The WMH share is exact up to rounding, for any count.
+    for n in (1, 5, 9, 27):
+        plan = _subject_plan(0, n, 0, seed=6, wmh_fraction=0.4)
+        assert sum(p["kind"] == "healthy_wmh" for p in plan) in (int(n * 0.4), int(n * 0.4) + 1)
+
+
+def test_plan_test_ids_follow_training_ids():
+    first_test = next(p for p in _subject_plan(600, 1, 0, 0, 0.0) if p["folder"] == "test_healthy")
+    assert first_test["id"].startswith("IXI701-")
+    first_test = next(p for p in _subject_plan(3, 1, 0, 0, 0.0) if p["folder"] == "test_healthy")
+    assert first_test["id"].startswith("IXI501-")
+
+
 # ------------------------------------------------------------------------- cohort on disk
 SMALL = dict(n_train_healthy=2, n_test_healthy=2, n_test_tumor=2, seed=3, voxel_size=V,
              wmh_fraction=0.5, progress=False, workers=1)
@@ -252,3 +278,10 @@ def test_empty_existing_folder_is_used(tmp_path):
     out = make_cohort(root, **{**SMALL, "n_train_healthy": 1, "n_test_healthy": 0,
                                "n_test_tumor": 0})
     assert len(list(out["train_healthy"].glob("*.nii.gz"))) == 1
+
+
+@pytest.mark.parametrize("bad", [{"wmh_fraction": 1.5}, {"voxel_size": 0.0}])
+def test_bad_cohort_parameters_write_nothing(tmp_path, bad):
+    with pytest.raises(ValueError):
+        make_cohort(tmp_path / "c", **{**SMALL, **bad})
+    assert not list(tmp_path.iterdir())
