@@ -1,88 +1,11 @@
-import json
-
+"""The metric functions (arrays in, numbers out) and the paper's numbers."""
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from glio_kit import metrics as M
-from glio_kit.errors import GlioKitError, RunFolderError
-from glio_kit.preprocess import SliceCache
-from glio_kit.runtime import RunDir
-
-
-# ------------------------------------------------------------------ tiny cache helper
-def write_tiny_cache(folder, n_val=4, n_test_healthy=4, n_test_tumor=4, n_train=2, n_slices=3, size=16, seed=0,
-                     blob_value=0.9):
-    """A SliceCache on disk: disc 'brains' with a bright 'ventricle'; tumour slices get a
-    bright 4x4 blob (the lesion). Returns (cache, healthy) where ``healthy`` are the images
-    without blobs (a perfect healthy reconstruction)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    disc = ((yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2) < (size / 2 - 1) ** 2
-    groups = ([("train", 0)] * n_train + [("val", 0)] * n_val + [("test", 0)] * n_test_healthy
-              + [("test", 1)] * n_test_tumor)
-    imgs, healthy, brains, lesions, rows = [], [], [], [], []
-    for s, (split, label) in enumerate(groups):
-        for j in range(n_slices):
-            img = np.full((size, size), -1.0, np.float32)
-            img[disc] = -0.2 + 0.05 * rng.standard_normal(disc.sum())
-            img[size // 2 - 1:size // 2 + 1, size // 2 - 1:size // 2 + 1] = 0.5  # ventricles: bright on T2
-            les = np.zeros((size, size), np.uint8)
-            clean = img.copy()
-            if label == 1:
-                les[4:8, 4:8] = 1
-                img[les > 0] = blob_value
-            imgs.append(img)
-            healthy.append(clean)
-            brains.append(disc.astype(np.uint8))
-            lesions.append(les)
-            rows.append(dict(row=len(rows), subject=f"S{s:02d}", label=label, split=split, slice_index=10 + j,
-                             slice_pos=j, lesion_pixels=int(les.sum()), brain_pixels=int(disc.sum()), image="", mask=""))
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "images.npy", np.stack(imgs))
-    np.save(folder / "brain.npy", np.stack(brains))
-    np.save(folder / "lesion.npy", np.stack(lesions))
-    pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
-    (folder / "prep.json").write_text(json.dumps(dict(normalisation="sd", image_size=[size, size], n_slices=n_slices)))
-    return SliceCache(folder), np.stack(healthy)
-
-
-def write_scored_run(path, flip=(), **kw):
-    """A run folder with a cache and the scoring step's outputs (contract of notebook 03).
-
-    The reconstruction is the healthy image plus noise; the slice score is the mean positive
-    residual. ``flip`` = subject ids whose scores are swapped to look like the other class."""
-    run = RunDir(path)
-    cache, healthy = write_tiny_cache(run / "cache", **kw)
-    run.claim("prep", {"x": 1})
-    run.mark_done("prep")
-    run.claim("score", {"lam": 0.1})
-    rows = cache.rows(split="val").tolist() + cache.rows(split="test").tolist()
-    rng = np.random.default_rng(1)
-    recon = (healthy[rows] + 0.02 * rng.standard_normal(healthy[rows].shape)).clip(-1, 1).astype(np.float32)
-    (run / "score").mkdir(exist_ok=True)
-    np.save(run / "score" / "recon.npy", recon)
-    idx = cache.index.iloc[rows]
-    a_raw = np.maximum(np.asarray(cache.images[rows]) - recon, 0).mean(axis=(1, 2))
-    sl = pd.DataFrame(dict(row=rows, k=np.arange(len(rows)), subject=idx.subject.values, label=idx.label.values,
-                           split=idx.split.values, slice_index=idx.slice_index.values, R=a_raw, D=a_raw, A_raw=a_raw))
-    sl["A"] = (sl.A_raw - sl.A_raw.min()) / (sl.A_raw.max() - sl.A_raw.min())
-    subj = sl.groupby("subject", sort=False).agg(label=("label", "first"), split=("split", "first"),
-                                                  score=("A", "mean")).reset_index()
-    for s in flip:
-        lab = subj.loc[subj.subject == s, "label"].item()
-        subj.loc[subj.subject == s, "score"] = 0.0 if lab == 1 else 1.0
-    sl.to_csv(run / "score" / "slice_scores.csv", index=False)
-    subj.to_csv(run / "score" / "subject_scores.csv", index=False)
-    test = subj[subj.split == "test"]
-    test[["subject", "label", "score"]].to_csv(run / "subjects.csv", index=False)
-    run.mark_done("score")
-    return run, cache
-
-
-CFG = dict(fpr_target=0.05, pixel_percentile=99.0, n_bootstrap=200, median_filter=0, seed=0,
-           subject_reduction="mean")
+from glio_kit import paper as P
+from glio_kit.errors import GlioKitError
 
 
 # ---------------------------------------------------------------- subject level
@@ -92,11 +15,11 @@ def test_paper_counts_and_consistency():
     scores = np.r_[np.full(25, 0.2), np.full(2, 0.8), np.full(24, 0.9), np.full(3, 0.1)]
     m = M.subject_metrics(labels, scores, 0.5)
     assert m["confusion"] == dict(tn=25, fp=2, fn=3, tp=24)
-    assert round(m["accuracy"], 3) == M.PAPER["accuracy"] == 0.907
+    assert round(m["accuracy"], 3) == P.PAPER["accuracy"] == 0.907
     assert m["precision"] == pytest.approx(24 / 26) and m["recall"] == pytest.approx(24 / 27)
     assert m["specificity"] == pytest.approx(25 / 27)
     assert m["f1"] == pytest.approx(2 * (24 / 26) * (24 / 27) / (24 / 26 + 24 / 27))
-    c = M.paper_consistency()
+    c = P.paper_consistency()
     assert c["matches"] == dict(accuracy=True, precision=False, recall=False)
     assert c["implied"]["precision"] == pytest.approx(0.9231, abs=1e-4)
     assert c["implied"]["recall"] == pytest.approx(0.8889, abs=1e-4)
@@ -221,87 +144,3 @@ def test_best_dice_upper_bound_beats_validation_threshold():
     # the sorted-cumsum Dice equals the direct Dice at every swept threshold
     for t, d in list(zip(ub["thresholds"], ub["dices"]))[::37]:
         assert d == pytest.approx(M.dice(res > t, les))
-
-
-# -------------------------------------------------------------------- baseline
-def test_intensity_baseline_finds_bright_blob(tmp_path):
-    cache, _ = write_tiny_cache(tmp_path / "cache")
-    out = M.intensity_baseline(cache, erode=1, percentile=99.0, fpr=0.05)
-    subj = out["subject_scores"]
-    test = subj[subj.split == "test"]
-    assert roc_auc_score(test.label, test.score) == 1.0
-    m = M.subject_metrics(test.label, test.score, out["threshold"])
-    assert m["confusion"]["tp"] == 4 and m["confusion"]["fp"] == 0
-    assert out["threshold"] == M.threshold_at_fpr(subj[subj.split == "val"].score, 0.05)
-    assert 0.4 < out["pixel_threshold"] + 0 < 2.0  # at least the bright ventricles (0.5 + 1)
-    assert set(out["slice_scores"].split) == {"val", "test"}  # train slices are never scored
-
-
-def test_intensity_baseline_misses_a_dim_lesion(tmp_path):
-    """A lesion no brighter than the ventricles is below the healthy percentile: no detection."""
-    cache, _ = write_tiny_cache(tmp_path / "cache", blob_value=-0.2)
-    out = M.intensity_baseline(cache)
-    test = out["subject_scores"][out["subject_scores"].split == "test"]
-    assert M.subject_metrics(test.label, test.score, out["threshold"])["confusion"]["tp"] == 0
-
-
-# ------------------------------------------------------------------ the metrics step
-REQUIRED = {"subject_auc", "accuracy", "precision", "recall", "specificity", "f1", "threshold", "confusion",
-            "n_test_healthy", "n_test_tumor", "ci", "pixel_dice", "pixel_dice_per_subject", "pixel_auprc",
-            "pixel_auroc", "pixel_threshold", "dice_upper_bound_test_tuned", "baseline", "paper"}
-
-
-def test_evaluate_run_end_to_end(tmp_path):
-    run, cache = write_scored_run(tmp_path / "run", flip=("S08",))  # S08: a healthy test subject scored high
-    res = M.evaluate_run(run, CFG)
-    assert REQUIRED <= set(res)
-    assert REQUIRED - {"paper", "baseline"} <= set(res["baseline"])
-    on_disk = json.loads((run / "metrics.json").read_text())
-    assert on_disk["confusion"] == res["confusion"] and set(on_disk["confusion"]) == {"tn", "fp", "fn", "tp"}
-    assert res["n_test_healthy"] == 4 and res["n_test_tumor"] == 4
-    assert res["confusion"] == dict(tn=3, fp=1, fn=0, tp=4)
-    # threshold from healthy validation subjects only
-    subj = pd.read_csv(run / "score" / "subject_scores.csv", dtype={"subject": str})
-    assert res["threshold"] == pytest.approx(M.threshold_at_fpr(subj[subj.split == "val"].score, 0.05))
-    assert set(res["ci"]) == set(M.METRIC_NAMES) and all(len(v) == 2 for v in res["ci"].values())
-    assert res["pixel_dice"] > 0.5 and res["pixel_auroc"] > 0.9
-    assert res["dice_upper_bound_test_tuned"] >= res["pixel_dice"]
-    assert res["baseline"]["subject_auc"] == 1.0
-    assert res["paper"]["consistency"]["matches"]["precision"] is False
-    md = (run / "metrics.md").read_text()
-    assert "| metric | paper | kit: paper's score (95% CI) | kit: residual area (95% CI) | baseline (95% CI) |" in md
-    assert "TEST-TUNED" in md
-    # the residual-area detector: calibrated on validation, scored on the same subjects
-    area = res["residual_area"]
-    assert area["n_test_healthy"] == 4 and area["n_test_tumor"] == 4 and 0 <= area["subject_auc"] <= 1
-    assert (run / "score" / "subject_scores_residual_area.csv").exists()
-    assert RunDir(run.path).is_done("metrics")
-    # done: a second call reads it back; other parameters need overwrite
-    assert M.evaluate_run(run, CFG)["accuracy"] == res["accuracy"]
-    with pytest.raises(RunFolderError):
-        M.evaluate_run(run, dict(CFG, fpr_target=0.2))
-    wrong = M.misclassified(run)
-    assert wrong.subject.tolist() == ["S08"] and wrong.error.tolist() == ["false positive"]
-    figs = M.metric_figures(run, res)
-    assert {"roc", "confusion", "score_distributions", "pixel_comparison"} <= set(figs)
-    import matplotlib.pyplot as plt
-
-    for f in figs.values():
-        plt.close(f)
-
-
-def test_evaluate_run_without_masks_or_scores(tmp_path):
-    run, cache = write_scored_run(tmp_path / "run")
-    np.save(run / "cache" / "lesion.npy", np.zeros_like(np.asarray(cache.lesion)))
-    res = M.evaluate_run(run, CFG)
-    assert res["has_masks"] is False and "pixel_dice" not in res
-    empty = RunDir(tmp_path / "empty")
-    empty.claim("score", {})
-    empty.mark_done("score")
-    with pytest.raises(GlioKitError):
-        M.evaluate_run(empty, CFG)
-
-
-def test_metrics_needs_score_step(tmp_path):
-    with pytest.raises(RunFolderError, match="score"):
-        M.evaluate_run(RunDir(tmp_path / "r"), CFG)
