@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,9 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.mapping import (Encoder, encode, fit_scaling, frozen, initial_latents, map_iterative,  # noqa: E402
-                              map_slices, mapping_loss)
+from glio_kit.config import ScoreSettings  # noqa: E402
+from glio_kit.mapping import (Encoder, anomaly_score, fit_scaling, frozen, initial_latents,  # noqa: E402
+                              map_iterative, map_slices, mapping_loss)
 from glio_kit.model import Discriminator, Generator, weights_init  # noqa: E402
 
 
@@ -108,21 +110,21 @@ def auc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def subject_auc(run, cache, cfg, G, D, E, mapping, steps, progress=True):
+def subject_auc(run, cache, settings: ScoreSettings, G, D, E, mapping, steps, progress=True):
     """Subject-level AUC of one mapping on the run's test subjects (scaling fitted on val)."""
     from glio_kit.scoring import _score_rows, reduce_subjects
 
     rows = _score_rows(cache)
     idx = cache.index.iloc[rows].reset_index(drop=True)
-    c = dict(cfg, mapping=mapping, mapping_steps=steps)
-    starts = initial_latents(len(rows), G.latent_dim, int(c["restarts"]), int(c["seed"]))
-    per = max(1, int(c["mapping_batch_size"]) // int(c["restarts"]))
+    c = settings.replace(mapping=mapping, mapping_steps=steps)
+    starts = initial_latents(len(rows), G.latent_dim, c.restarts, c.seed)
+    per = max(1, c.mapping_batch_size // c.restarts)
     araw = np.empty(len(rows))
     t0 = time.perf_counter()
     for a in range(0, len(rows), per):
         sel = slice(a, a + per)
         res = map_slices(G, D, np.asarray(cache.images[rows[sel]]), c, E=E, z0=starts[:, sel])
-        araw[sel] = res.A_raw(float(c["lam"])).double().numpy()
+        araw[sel] = anomaly_score(res.R.double().numpy(), res.D.double().numpy(), c.lam)
         if progress:
             done = min(a + per, len(rows))
             el = time.perf_counter() - t0
@@ -133,12 +135,12 @@ def subject_auc(run, cache, cfg, G, D, E, mapping, steps, progress=True):
     seconds = time.perf_counter() - t0
     val = ((idx["split"] == "val") & (idx["label"] == 0)).to_numpy()
     idx["A"] = fit_scaling(araw[val])(araw)
-    subj = reduce_subjects(idx, cfg["subject_reduction"], int(cfg["topk"]))
+    subj = reduce_subjects(idx, settings.subject_reduction, settings.topk)
     test = subj[subj["split"] == "test"]
     return auc(test["label"], test["score"]), seconds, len(rows)
 
 
-def encoder_for(run, cache, cfg, G, D):
+def encoder_for(run, cache, settings: ScoreSettings, G, D):
     """The run's encoder if it has one, else one trained into a temporary copy of its records."""
     from glio_kit.mapping import load_encoder, train_encoder
     from glio_kit.runtime import RunDir
@@ -151,63 +153,60 @@ def encoder_for(run, cache, cfg, G, D):
         for name in ("prep", "train"):
             shutil.copy(run / "steps" / f"{name}.json", trun / "steps" / f"{name}.json")
         t0 = time.perf_counter()
-        E = train_encoder(trun, cache, cfg, G, D, progress=True)
+        E = train_encoder(trun, cache, settings, G, D, progress=True)
         return E, f"trained here in {time.perf_counter() - t0:.0f} s"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run-dir", default="", help="a trained run folder (AUC part); empty: a tiny model")
-    ap.add_argument("--size", type=int, default=64, help="image size without --run-dir")
-    ap.add_argument("--ngf", type=int, default=32)
-    ap.add_argument("--ndf", type=int, default=32)
-    ap.add_argument("--slices", type=int, default=32, help="slices for loop vs batched")
-    ap.add_argument("--steps", type=int, default=20, help="mapping steps for loop vs batched")
-    ap.add_argument("--iter-steps", type=int, default=500, help="steps of the iterative mapping vs encoder")
-    ap.add_argument("--iter-slices", type=int, default=16, help="slices for encoder vs iterative speed")
-    ap.add_argument("--auc-steps", type=int, default=500, help="steps of the iterative mapping for the AUC")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+@dataclass
+class Setup:
+    """What the benchmark maps: the models, the slices (n, 1, H, W) and, with ``--run-dir``,
+    the run, its cache and its scoring settings."""
 
-    run = cache = cfg = None
-    if args.run_dir:
-        from glio_kit.config import get_config
-        from glio_kit.preprocess import SliceCache
-        from glio_kit.runtime import RunDir
-        from glio_kit.train import load_models
+    G: nn.Module
+    D: nn.Module
+    x: torch.Tensor
+    where: str
+    run: object = None
+    cache: object = None
+    settings: ScoreSettings | None = None
 
-        run = RunDir(args.run_dir, create=False)
-        if not (run / "train" / "checkpoints" / "last.pt").exists():
-            sys.exit(f"{run.path}: no trained model (train/checkpoints/last.pt); run `make demo` first")
-        G, D, meta = load_models(run, "cpu")
-        cache = SliceCache(run / "cache")
-        rec = (run.record("score") or {}).get("params", {})
-        cfg = get_config(meta["config"].get("profile") or None)
-        cfg.update({k: v for k, v in rec.items() if k in cfg})
-        cfg["device"] = "cpu"
-        rows = cache.rows(split="test")
-        pick = np.sort(np.random.default_rng(args.seed).choice(rows, min(args.slices, len(rows)), replace=False))
-        x = torch.from_numpy(np.asarray(cache.images[pick], dtype=np.float32))[:, None]
-        hw = tuple(cache.images.shape[1:])
-        where = f"{run.path} (epoch {meta['epoch']}), {len(x)} test slices"
-    else:
+
+def load_setup(args) -> Setup:
+    """The trained run of ``--run-dir`` (its test slices), or a tiny DCGAN on random blobs."""
+    if not args.run_dir:
         hw = (args.size, args.size)
         t0 = time.perf_counter()
         G, D = tiny_trained_models(hw, args.ngf, args.ndf, seed=args.seed)
-        x = blobs(args.slices, hw, seed=args.seed + 1)
-        where = f"tiny DCGAN trained {time.perf_counter() - t0:.0f} s on random blobs, {len(x)} random slices"
-    ngf, ndf = G.ngf, D.ndf
-    print(f"mapping speed | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-          f"{hw[0]}x{hw[1]}, ngf={ngf}, ndf={ndf}, latent={G.latent_dim} | {where}")
+        x = blobs(args.slices, hw, seed=args.seed + 1)  # other blobs than the training ones
+        return Setup(G, D, x, f"tiny DCGAN trained {time.perf_counter() - t0:.0f} s on random blobs, "
+                              f"{len(x)} random slices")
+    from glio_kit.checkpoints import checkpoint_path, load_models
+    from glio_kit.config import get_config
+    from glio_kit.preprocess import SliceCache
+    from glio_kit.runtime import RunDir
+    from glio_kit.scoring import score_settings
 
-    # ---- 1. per-slice loop vs batched, same starts, same steps
-    n, steps = len(x), args.steps
-    z0 = initial_latents(n, G.latent_dim, seed=args.seed)[0]
+    run = RunDir(args.run_dir, create=False)
+    if not checkpoint_path(run).exists():
+        sys.exit(f"{checkpoint_path(run)}: no trained model; run `make demo` first")
+    G, D, meta = load_models(run, "cpu")
+    cache = SliceCache(run / "cache")
+    if run.is_done("score"):  # the knobs the run was scored with
+        settings = score_settings(run)
+    else:  # the profile the run was trained with
+        settings = get_config((run.record("train") or {}).get("settings", {}).get("profile")).score
+    rows = cache.rows(split="test")
+    pick = np.sort(np.random.default_rng(args.seed).choice(rows, min(args.slices, len(rows)), replace=False))
+    x = torch.from_numpy(np.asarray(cache.images[pick], dtype=np.float32))[:, None]
+    return Setup(G, D, x, f"{run.path} (epoch {meta['epoch']}), {len(x)} test slices", run, cache,
+                 settings.replace(device="cpu"))
+
+
+def loop_vs_batched(G, D, x, z0, steps: int) -> float:
+    """[1] The per-slice loop and the batched mapping, same starts, same steps; their ratio."""
+    n = len(x)
     map_iterative(G, D, x[:2], 1)  # warm-up
     # batched before and after the loop, best of the two: a machine shared with other work
     # slows whatever runs at the time; interleaving keeps the comparison fair
@@ -227,25 +226,31 @@ def main(argv=None) -> None:
     loop_loss = torch.cat([r.loss for r in loop])
     diff = float(((batch.loss - loop_loss).abs() / loop_loss.abs()).max())
     sps_loop, sps_batch = n * steps / t_loop, n * steps / t_batch
-    print(f"[1] per-slice loop : {sps_loop:9.1f} slice-steps/s ({n} slices x {steps} steps in {t_loop:.1f} s, "
-          f"{threads} threads)")
-    print(f"    batched        : {sps_batch:9.1f} slice-steps/s ({n} slices x {steps} steps in {t_batch:.1f} s, "
-          f"{threads} threads)")
-    print(f"    batched / loop : {sps_batch / sps_loop:9.1f}x   max relative difference of the final losses: {diff:.1e}")
+    print(f"[1] per-slice loop : {sps_loop:9.1f} slice-steps/s "
+          f"({n} slices x {steps} steps in {t_loop:.1f} s, {threads} threads)")
+    print(f"    batched        : {sps_batch:9.1f} slice-steps/s "
+          f"({n} slices x {steps} steps in {t_batch:.1f} s, {threads} threads)")
+    print(f"    batched / loop : {sps_batch / sps_loop:9.1f}x   "
+          f"max relative difference of the final losses: {diff:.1e}")
     if t1 is not None:
         sps_loop = max(sps_loop, m1 * steps / t1)
         print(f"    per-slice loop, 1 thread: {m1 * steps / t1:9.1f} slice-steps/s ({m1} slices)")
     r_batch = sps_batch / sps_loop
     print(f"    batched / best loop : {r_batch:9.1f}x   (target >= 4x)")
+    return r_batch
 
-    # ---- 2. encoder vs iterative
-    m = min(args.iter_slices, n)
-    E = Encoder(G.latent_dim, ndf, hw).eval()
+
+def encoder_vs_iterative(setup: Setup, z0, args) -> tuple[float, float | None]:
+    """[2] The encoder's one forward pass vs the iterative mapping: speed ratio and, with a
+    trained run, the difference of their subject AUCs."""
+    G, D, x = setup.G, setup.D, setup.x
+    n, m = len(x), min(args.iter_slices, len(x))
+    E = Encoder(G.latent_dim, D.ndf, tuple(x.shape[2:])).eval()
     enc_note = "random weights (speed only)"
-    if run is not None:
-        E, enc_note = encoder_for(run, cache, cfg, G, D)
-    c = dict(mapping="encoder", mapping_steps=args.iter_steps, mapping_lr=0.05, lam=0.1, restarts=1,
-             mapping_batch_size=256, seed=args.seed)
+    if setup.run is not None:
+        E, enc_note = encoder_for(setup.run, setup.cache, setup.settings, G, D)
+    c = ScoreSettings(mapping="encoder", mapping_steps=args.iter_steps, mapping_lr=0.05, lam=0.1, restarts=1,
+                      mapping_batch_size=256, seed=args.seed, device="cpu")
     map_slices(G, D, x[:m], c, E=E)  # warm-up
     t_enc, _ = timed(lambda: map_slices(G, D, x, c, E=E), repeat=3)  # E(x), G(E(x)), f: the scores
     t_it, _ = timed(lambda: map_iterative(G, D, x[:m], args.iter_steps, z0=z0[:m]))
@@ -254,19 +259,24 @@ def main(argv=None) -> None:
     print(f"[2] encoder ({enc_note}): {enc_sps:9.1f} slices/s ({n} slices in {t_enc * 1e3:.0f} ms)")
     print(f"    iterative, {args.iter_steps} steps : {it_sps:9.3f} slices/s ({m} slices in {t_it:.1f} s)")
     print(f"    encoder / iterative : {r_enc:9.0f}x   (target >= 300x)")
-    d_auc = None
-    if run is not None:
-        a_enc, s_enc, nn_ = subject_auc(run, cache, cfg, G, D, E, "encoder", 0)
-        print(f"    subject AUC, encoder            : {a_enc:.3f} ({nn_} val+test slices in {s_enc:.1f} s)")
-        a_it, s_it, _ = subject_auc(run, cache, cfg, G, D, None, "iterative", args.auc_steps)
-        print(f"    subject AUC, iterative {args.auc_steps:>3} steps: {a_it:.3f} ({nn_} val+test slices in {s_it:.0f} s)")
-        d_auc = abs(a_enc - a_it)
-        print(f"    |AUC difference|                : {d_auc:.3f} (target <= 0.03)")
-    else:
+    if setup.run is None:
         print("    subject AUC: skipped (no --run-dir of a trained run; e.g. `make demo`, then "
               "--run-dir runs/demo)")
+        return r_enc, None
+    run, cache, s = setup.run, setup.cache, setup.settings
+    a_enc, s_enc, n_val_test = subject_auc(run, cache, s, G, D, E, "encoder", 0)
+    print(f"    subject AUC, encoder            : {a_enc:.3f} "
+          f"({n_val_test} val+test slices in {s_enc:.1f} s)")
+    a_it, s_it, _ = subject_auc(run, cache, s, G, D, None, "iterative", args.auc_steps)
+    print(f"    subject AUC, iterative {args.auc_steps:>3} steps: {a_it:.3f} "
+          f"({n_val_test} val+test slices in {s_it:.0f} s)")
+    d_auc = abs(a_enc - a_it)
+    print(f"    |AUC difference|                : {d_auc:.3f} (target <= 0.03)")
+    return r_enc, d_auc
 
-    # ---- 3. FLOP/s of the batched mapping vs a plain matmul
+
+def flops_vs_matmul(G, D, x, z0) -> float:
+    """[3] Achieved FLOP/s of the batched mapping next to a plain float32 matmul's; their ratio."""
     f_step = step_flops(G, D, x)  # one step of the whole batch
     k = 5
     t_map, t_mm = [], []
@@ -276,14 +286,45 @@ def main(argv=None) -> None:
     # k steps + one forward-only evaluation of the end point (counted as a third of a step)
     achieved = f_step * (k + 1 / 3) / min(t_map)
     peak = 1.0 / min(t_mm)
-    print(f"[3] one mapping step: {f_step / n / 1e6:.1f} MFLOP per slice (forward G, D.features; backward to z)")
+    print(f"[3] one mapping step: {f_step / len(x) / 1e6:.1f} MFLOP per slice "
+          f"(forward G, D.features; backward to z)")
     print(f"    batched mapping : {achieved / 1e9:7.1f} GFLOP/s")
-    print(f"    float32 matmul  : {peak / 1e9:7.1f} GFLOP/s (2048x2048) -> mapping at {achieved / peak:.0%} of it")
+    print(f"    float32 matmul  : {peak / 1e9:7.1f} GFLOP/s (2048x2048) "
+          f"-> mapping at {achieved / peak:.0%} of it")
+    return achieved / peak
 
-    summary = (f"ratios: batched/loop = {r_batch:.1f}x (>= 4) | encoder/iterative{args.iter_steps} = {r_enc:.0f}x "
-               f"(>= 300) | ")
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-dir", default="", help="a trained run folder (AUC part); empty: a tiny model")
+    ap.add_argument("--size", type=int, default=64, help="image size without --run-dir")
+    ap.add_argument("--ngf", type=int, default=32)
+    ap.add_argument("--ndf", type=int, default=32)
+    ap.add_argument("--slices", type=int, default=32, help="slices for loop vs batched")
+    ap.add_argument("--steps", type=int, default=20, help="mapping steps for loop vs batched")
+    ap.add_argument("--iter-steps", type=int, default=500, help="steps of the iterative mapping vs encoder")
+    ap.add_argument("--iter-slices", type=int, default=16, help="slices for encoder vs iterative speed")
+    ap.add_argument("--auc-steps", type=int, default=500, help="steps of the iterative mapping for the AUC")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    setup = load_setup(args)
+    G, D, x = setup.G, setup.D, setup.x
+    hw = tuple(x.shape[2:])
+    print(f"mapping speed | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+          f"{hw[0]}x{hw[1]}, ngf={G.ngf}, ndf={D.ndf}, latent={G.latent_dim} | {setup.where}")
+    z0 = initial_latents(len(x), G.latent_dim, seed=args.seed)[0]
+    r_batch = loop_vs_batched(G, D, x, z0, args.steps)
+    r_enc, d_auc = encoder_vs_iterative(setup, z0, args)
+    r_flops = flops_vs_matmul(G, D, x, z0)
+
+    summary = (f"ratios: batched/loop = {r_batch:.1f}x (>= 4) | "
+               f"encoder/iterative{args.iter_steps} = {r_enc:.0f}x (>= 300) | ")
     summary += (f"|dAUC| = {d_auc:.3f} (<= 0.03) | " if d_auc is not None else "dAUC skipped | ")
-    summary += f"mapping/matmul FLOP/s = {achieved / peak:.2f}"
+    summary += f"mapping/matmul FLOP/s = {r_flops:.2f}"
     print(summary)
 
 

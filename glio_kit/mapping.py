@@ -27,8 +27,8 @@ trained on the healthy training slices with ``G`` and ``D`` frozen to minimise
 ``mapping="encoder+iterative"`` starts the iterative search from ``E(x)``.
 
 **Scores** (per slice): ``R = mean |x - G(z)|`` over pixels, ``D = mean |f(x) - f(G(z))|``
-over feature elements and ``A_raw = (1 - lam) * R + lam * D`` (means rather than the sums
-of the loss, so the score does not depend on the image size). The paper reports ``A`` in
+over feature elements and ``A_raw = (1 - lam) * R + lam * D`` (:func:`anomaly_score`; means
+rather than the sums of the loss, so the score does not depend on the image size). The paper reports ``A`` in
 [0, 1]; the kit maps ``A_raw`` monotonically with a map fitted on the healthy *validation*
 slices only (never on test slices): ``A = sigmoid((A_raw - mean_val) / sd_val)``
 (:class:`ScoreScaling`). A min-max rescaling with clipping would send every test slice more
@@ -52,18 +52,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import ScoreSettings
 from .errors import InputError, RunFolderError
 from .model import fit_input, strided_conv_stack
 from .runtime import quiet
 
-__all__ = ["MappingResult", "map_iterative", "map_slices", "mapping_loss", "frozen", "initial_latents",
-           "Encoder", "train_encoder", "load_encoder", "encode", "ScoreScaling", "fit_scaling",
-           "slice_scores", "ENCODER_KEYS", "MAPPINGS"]
+__all__ = ["MappingResult", "map_iterative", "map_slices", "mapping_loss", "anomaly_score", "frozen",
+           "initial_latents", "Encoder", "train_encoder", "load_encoder", "encode", "encoder_identity",
+           "ScoreScaling", "fit_scaling"]
 
-MAPPINGS = ("iterative", "encoder", "encoder+iterative")
-#: The knobs that define an encoder training (the step record ``encoder`` holds them).
-ENCODER_KEYS = ("encoder_epochs", "kappa", "seed", "batch_size")
-ENCODER_LR = 1e-3  # Adam learning rate of the encoder (cfg["encoder_lr"] overrides)
+# The encoder draws its initial weights and its batch order from streams of its own, offset
+# from the run's seed so that they differ from the DCGAN's (train.py: seed + 1, + 2, + 3) and
+# the same seed still repeats the same encoder.
+ENCODER_INIT_SEED_OFFSET = 11
+ENCODER_SHUFFLE_SEED_OFFSET = 12
 
 
 # ------------------------------------------------------------------------- helpers
@@ -115,6 +117,18 @@ def mapping_loss(G: nn.Module, D: nn.Module, x: torch.Tensor, fx: torch.Tensor, 
     return (1 - lam) * lr_ + lam * ld_, lr_, ld_, gz
 
 
+def anomaly_score(R, D, lam: float):
+    """The unscaled anomaly score ``A_raw = (1 - lam) * R + lam * D`` (the paper's ``A``).
+
+    R : (N,) residual scores, mean ``|x - G(z)|`` per pixel (generator units).
+    D : (N,) discrimination scores, mean ``|f(x) - f(G(z))|`` per feature element.
+    lam : weight of the discrimination score (paper: 0.1).
+    Returns (N,) of R's type (NumPy array or torch tensor), the same weighting as the mapping
+    loss but of means, so it does not depend on the image size.
+    """
+    return (1 - lam) * R + lam * D
+
+
 def initial_latents(n: int, latent_dim: int, restarts: int = 1, seed: int = 0,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """(restarts, n, latent_dim) N(0, 1) latents from a seeded CPU generator.
@@ -135,7 +149,8 @@ class MappingResult:
     absolute residual per pixel, D (N,) mean absolute feature difference per feature
     element, history (steps + 1, N) the per-slice objective after 0, 1, ..., steps updates
     (row 0 = the start, last row = ``loss``), snapshots {step: G(z) (N, 1, H, W)} for the
-    requested ``record_steps``, restart (N,) which start won, seconds (wall time).
+    requested ``record_steps``, restart (N,) which start won. ``anomaly_score(R, D, lam)``
+    gives the unscaled anomaly score.
     """
 
     z: torch.Tensor
@@ -146,11 +161,6 @@ class MappingResult:
     history: torch.Tensor
     snapshots: dict = field(default_factory=dict)
     restart: torch.Tensor | None = None
-    seconds: float = 0.0
-
-    def A_raw(self, lam: float) -> torch.Tensor:
-        """``(1 - lam) * R + lam * D`` per slice (the unscaled anomaly score)."""
-        return (1 - lam) * self.R + lam * self.D
 
 
 def _optimise(G, D, x, fx, z0, steps, lam, lr, record_steps=(), callback=None):
@@ -218,10 +228,10 @@ def map_iterative(G: nn.Module, D: nn.Module, x, steps: int, lam: float = 0.1, l
         if z0.dim() == 2:
             z0 = z0[None]
         if z0.shape[1:] != (n, latent) or z0.shape[0] > restarts:
-            raise ValueError(f"z0 must be (N={n}, {latent}) or (<= restarts, N, {latent}), got {tuple(z0.shape)}")
+            raise ValueError(f"z0 must be (N={n}, {latent}) or (<= restarts, N, {latent}), "
+                             f"got {tuple(z0.shape)}")
         starts[: z0.shape[0]] = z0
     per = n if not batch_size else max(1, int(batch_size) // restarts)
-    t0 = time.perf_counter()
     out = dict(z=[], gz=[], loss=[], R=[], D=[], history=[], restart=[])
     snaps: dict = {}
     bar = tqdm(total=n * steps, desc=desc, unit="slice-step", disable=not progress or quiet() or steps == 0,
@@ -237,7 +247,8 @@ def map_iterative(G: nn.Module, D: nn.Module, x, steps: int, lam: float = 0.1, l
                 xr = xb.repeat(restarts, 1, 1, 1) if restarts > 1 else xb
                 fr = fx.repeat(restarts, *([1] * (fx.dim() - 1))) if restarts > 1 else fx
                 zs = starts[:, a:a + b].reshape(restarts * b, latent)
-                z, gz, loss, rs, ds, hist, sn = _optimise(G, D, xr, fr, zs, steps, lam, lr, record_steps, callback)
+                z, gz, loss, rs, ds, hist, sn = _optimise(G, D, xr, fr, zs, steps, lam, lr, record_steps,
+                                                          callback)
                 best = loss.view(restarts, b).argmin(0)  # (b,)
                 pick = best * b + torch.arange(b, device=best.device)
                 npx = gz[0].numel()
@@ -258,7 +269,7 @@ def map_iterative(G: nn.Module, D: nn.Module, x, steps: int, lam: float = 0.1, l
     cat = {k: torch.cat(v) if k != "history" else torch.cat(v, 1) for k, v in out.items()}
     return MappingResult(z=cat["z"], gz=cat["gz"], loss=cat["loss"], R=cat["R"], D=cat["D"],
                          history=cat["history"], snapshots={s: torch.cat(v) for s, v in snaps.items()},
-                         restart=cat["restart"], seconds=time.perf_counter() - t0)
+                         restart=cat["restart"])
 
 
 # --------------------------------------------------------------------------- encoder
@@ -288,55 +299,78 @@ def _encoder_dir(run) -> Path:
     return Path(run / "encoder")
 
 
-def train_encoder(run, cache, cfg: dict, G: nn.Module, D: nn.Module, progress: bool = True,
+def encoder_identity(settings: ScoreSettings) -> dict:
+    """The knobs that decide an encoder training (its step record ``encoder`` holds them)."""
+    return dict(encoder_epochs=settings.encoder_epochs, encoder_lr=settings.encoder_lr,
+                encoder_batch_size=settings.encoder_batch_size, kappa=settings.kappa, seed=settings.seed)
+
+
+def train_encoder(run, cache, settings: ScoreSettings, G: nn.Module, D: nn.Module, progress: bool = True,
                   overwrite: bool = False) -> Encoder:
     """Train the f-AnoGAN encoder (izi_f) on the healthy ``train`` slices; G and D frozen.
 
-    Loss ``MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x))))`` with ``kappa = cfg["kappa"]``,
-    Adam (lr ``cfg.get("encoder_lr", 1e-3)``, betas 0.5/0.999), ``cfg["encoder_epochs"]``
-    epochs of ``cfg["batch_size"]`` slices, seeded by ``cfg["seed"]``. The step record
-    ``encoder`` (after ``train``) holds the knobs; a second call with the same knobs loads the
-    saved encoder. Writes ``<run>/encoder/encoder.pt`` and ``<run>/encoder/losses.csv``
-    (epoch, loss, mse_image, mse_features, seconds). Returns the encoder in eval mode on
-    G's device.
+    Loss ``MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x))))`` with ``settings.kappa``, Adam
+    (lr ``settings.encoder_lr``, betas 0.5/0.999), ``settings.encoder_epochs`` epochs of
+    ``settings.encoder_batch_size`` slices, seeded by ``settings.seed``. The step record
+    ``encoder`` (after ``train``) holds :func:`encoder_identity`; a second call with the same
+    knobs loads the saved encoder. Writes ``<run>/encoder/encoder.pt`` and
+    ``<run>/encoder/losses.csv`` (epoch, loss, mse_image, mse_features, seconds). Returns the
+    encoder in eval mode on G's device.
     """
-    from tqdm.auto import tqdm
-
-    params = {k: cfg[k] for k in ENCODER_KEYS}
-    params["encoder_lr"] = float(cfg.get("encoder_lr", ENCODER_LR))
-    if run.claim("encoder", params, after=("train",), overwrite=overwrite) and (_encoder_dir(run) / "encoder.pt").exists():
+    params = encoder_identity(settings)
+    done = run.claim("encoder", params, after=("train",), overwrite=overwrite, settings=settings.as_dict())
+    if done and (_encoder_dir(run) / "encoder.pt").exists():
         return load_encoder(run, _param(G).device)
     rows = cache.rows(split="train", label=0)
     if len(rows) < 2:
-        raise InputError(getattr(cache, "folder", "cache"), f"needs at least 2 healthy training slices to train "
-                         f"the encoder, found {len(rows)}")
+        raise InputError(getattr(cache, "folder", "cache"), f"needs at least 2 healthy training slices to "
+                         f"train the encoder, found {len(rows)}")
     p = _param(G)
     device, dtype = p.device, p.dtype
-    seed, bs, epochs = int(cfg["seed"]), int(cfg["batch_size"]), int(cfg["encoder_epochs"])
-    kappa = float(cfg["kappa"])
+    seed = settings.seed
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 11)
+        torch.manual_seed(seed + ENCODER_INIT_SEED_OFFSET)
         E = Encoder(G.latent_dim, getattr(D, "ndf", 64), tuple(cache.images.shape[1:]))
     E.to(device=device, dtype=dtype)
-    opt = torch.optim.Adam(E.parameters(), lr=params["encoder_lr"], betas=(0.5, 0.999))
-    shuffle = torch.Generator().manual_seed(seed + 12)
+    opt = torch.optim.Adam(E.parameters(), lr=settings.encoder_lr, betas=(0.5, 0.999))
+    shuffle = torch.Generator().manual_seed(seed + ENCODER_SHUFFLE_SEED_OFFSET)
     data = torch.from_numpy(np.ascontiguousarray(cache.images[rows], dtype=np.float32))[:, None]
     data = data.to(device=device, dtype=dtype)
     out = _encoder_dir(run)
     out.mkdir(exist_ok=True)
+    log = _fit_encoder(E, G, D, opt, data, shuffle, settings, progress)
+    pd.DataFrame(log, columns=["epoch", "loss", "mse_image", "mse_features", "seconds"]).to_csv(
+        out / "losses.csv", index=False)
+    torch.save(dict(state=E.state_dict(), latent_dim=E.latent_dim, nef=E.nef, image_size=list(E.image_size),
+                    params=params), out / "encoder.pt")
+    run.mark_done("encoder", seconds=float(sum(r["seconds"] for r in log)), epochs=settings.encoder_epochs,
+                  loss=float(log[-1]["loss"]) if log else float("nan"), n_train=int(len(rows)))
+    return E
+
+
+def _fit_encoder(E: Encoder, G, D, opt, data: torch.Tensor, shuffle: torch.Generator, settings: ScoreSettings,
+                 progress: bool) -> list[dict]:
+    """The encoder's epochs on ``data`` (N, 1, H, W) with G and D frozen; E left in eval mode.
+
+    Returns one dict per epoch: ``epoch, loss, mse_image, mse_features`` (means over the
+    epoch's slices) and ``seconds``.
+    """
+    from tqdm.auto import tqdm
+
+    n, bs, epochs = len(data), settings.encoder_batch_size, settings.encoder_epochs
+    kappa = float(settings.kappa)
+    device, dtype = data.device, data.dtype
     log = []
-    steps_per_epoch = max(1, math.ceil(len(rows) / bs))
-    bar = tqdm(total=epochs * steps_per_epoch, desc="train encoder", unit="batch",
+    bar = tqdm(total=epochs * max(1, math.ceil(n / bs)), desc="train encoder", unit="batch",
                disable=not progress or quiet(), dynamic_ncols=True)
     with frozen(G, D):
         E.train()
         try:
             for epoch in range(1, epochs + 1):
                 t0 = time.perf_counter()
-                acc = torch.zeros(3, device=device, dtype=dtype)
+                acc = torch.zeros(3, device=device, dtype=dtype)  # loss, mse_image, mse_features (sums)
                 seen = 0
-                perm = torch.randperm(len(rows), generator=shuffle)
-                pieces = list(torch.split(perm, bs))
+                pieces = list(torch.split(torch.randperm(n, generator=shuffle), bs))
                 if len(pieces) > 1 and len(pieces[-1]) == 1:
                     pieces.pop()  # BatchNorm cannot normalise a single sample
                 for idx in pieces:
@@ -350,9 +384,8 @@ def train_encoder(run, cache, cfg: dict, G: nn.Module, D: nn.Module, progress: b
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    b = len(idx)
-                    acc += torch.stack([loss.detach(), mse_i.detach(), mse_f.detach()]) * b
-                    seen += b
+                    acc += torch.stack([loss.detach(), mse_i.detach(), mse_f.detach()]) * len(idx)
+                    seen += len(idx)
                     bar.update(1)
                 a = (acc / max(seen, 1)).tolist()
                 log.append(dict(epoch=epoch, loss=a[0], mse_image=a[1], mse_features=a[2],
@@ -361,20 +394,15 @@ def train_encoder(run, cache, cfg: dict, G: nn.Module, D: nn.Module, progress: b
         finally:
             bar.close()
     E.eval()
-    pd.DataFrame(log, columns=["epoch", "loss", "mse_image", "mse_features", "seconds"]).to_csv(
-        out / "losses.csv", index=False)
-    torch.save(dict(state=E.state_dict(), latent_dim=E.latent_dim, nef=E.nef, image_size=list(E.image_size),
-                    params=params), out / "encoder.pt")
-    run.mark_done("encoder", seconds=float(sum(r["seconds"] for r in log)), epochs=epochs,
-                  loss=float(log[-1]["loss"]) if log else float("nan"), n_train=int(len(rows)))
-    return E
+    return log
 
 
 def load_encoder(run, device="cpu") -> Encoder:
     """The encoder saved by :func:`train_encoder`, in eval mode on ``device``."""
     path = _encoder_dir(run) / "encoder.pt"
     if not path.exists():
-        raise RunFolderError(f"{path}: no trained encoder in this run folder; run train_encoder first")
+        raise RunFolderError(f"{path}: no trained encoder in this run folder; run the scoring step "
+                             f"(notebook 03) with mapping='encoder' or 'encoder+iterative' first")
     ck = torch.load(path, map_location=torch.device(device), weights_only=True)
     E = Encoder(ck["latent_dim"], ck["nef"], tuple(ck["image_size"]))
     E.load_state_dict(ck["state"])
@@ -393,35 +421,35 @@ def encode(E: Encoder, x, batch_size: int = 256) -> torch.Tensor:
         E.train(was)
 
 
-def map_slices(G, D, x, cfg: dict, E: Encoder | None = None, z0=None, progress: bool = False,
+def map_slices(G, D, x, settings: ScoreSettings, E: Encoder | None = None, z0=None, progress: bool = False,
                record_steps=(), desc: str = "map z", callback=None) -> MappingResult:
-    """Map slices the way ``cfg["mapping"]`` says (``iterative`` | ``encoder`` | ``encoder+iterative``).
+    """Map slices the way ``settings.mapping`` says (``iterative`` | ``encoder`` | ``encoder+iterative``).
 
-    Uses ``mapping_steps, mapping_lr, lam, restarts, mapping_batch_size, seed`` from ``cfg``;
-    the encoder modes need ``E``. ``z0`` (restarts, N, latent) overrides the seeded random
-    starts (the scoring step draws them for the whole set so that any subset can be
-    re-mapped identically). ``callback`` as in :func:`map_iterative`.
+    x : (N, H, W) or (N, 1, H, W) slices in the generator's range [-1, 1].
+    settings : :class:`~glio_kit.config.ScoreSettings`; reads ``mapping, mapping_steps,
+        mapping_lr, lam, restarts, mapping_batch_size, seed``.
+    E : the trained encoder (the encoder modes need it).
+    z0 : (restarts, N, latent) starts that replace the seeded random ones (the scoring step
+        draws them for the whole set so that any subset can be re-mapped identically).
+    callback : as in :func:`map_iterative`.
     """
-    mode = cfg.get("mapping", "iterative")
-    if mode not in MAPPINGS:
-        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mode!r}")
-    kw = dict(lam=float(cfg["lam"]), lr=float(cfg["mapping_lr"]), batch_size=int(cfg["mapping_batch_size"]),
-              seed=int(cfg["seed"]), progress=progress, record_steps=record_steps, desc=desc, callback=callback)
-    restarts = int(cfg.get("restarts", 1))
-    if mode == "iterative":
-        return map_iterative(G, D, x, int(cfg["mapping_steps"]), z0=z0, restarts=restarts, **kw)
+    kw = dict(lam=float(settings.lam), lr=float(settings.mapping_lr), batch_size=settings.mapping_batch_size,
+              seed=settings.seed, progress=progress, record_steps=record_steps, desc=desc, callback=callback)
+    restarts = settings.restarts
+    if settings.mapping == "iterative":
+        return map_iterative(G, D, x, settings.mapping_steps, z0=z0, restarts=restarts, **kw)
     if E is None:
-        raise ValueError(f"mapping={mode!r} needs a trained encoder E")
-    ze = encode(E, x, int(cfg["mapping_batch_size"]))
+        raise ValueError(f"mapping={settings.mapping!r} needs a trained encoder E")
+    ze = encode(E, x, settings.mapping_batch_size)
     if z0 is None:
-        z0 = initial_latents(len(ze), ze.shape[1], restarts, int(cfg["seed"]))
+        z0 = initial_latents(len(ze), ze.shape[1], restarts, settings.seed)
     z0 = torch.as_tensor(z0).clone()
     if z0.dim() == 2:
         z0 = z0[None]
     z0[0] = ze  # the encoder's latent is the first start; other restarts stay random
-    if mode == "encoder":
+    if settings.mapping == "encoder":
         return map_iterative(G, D, x, 0, z0=z0[:1], restarts=1, **kw)
-    return map_iterative(G, D, x, int(cfg["mapping_steps"]), z0=z0, restarts=restarts, **kw)
+    return map_iterative(G, D, x, settings.mapping_steps, z0=z0, restarts=restarts, **kw)
 
 
 # --------------------------------------------------------------------------- scores
@@ -444,15 +472,11 @@ class ScoreScaling:
 
     def to_dict(self) -> dict:
         return dict(mean_val=float(self.mean_val), sd_val=float(self.sd_val), n_val=int(self.n_val),
-                    formula="A = 1 / (1 + exp(-(A_raw - mean_val) / sd_val)), fitted on healthy validation slices")
+                    formula="A = 1 / (1 + exp(-(A_raw - mean_val) / sd_val)), "
+                            "fitted on healthy validation slices")
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path) -> "ScoreScaling":
-        d = json.loads(Path(path).read_text())
-        return cls(d["mean_val"], d["sd_val"], d.get("n_val", 0))
 
 
 def fit_scaling(a_raw_val) -> ScoreScaling:
@@ -460,16 +484,11 @@ def fit_scaling(a_raw_val) -> ScoreScaling:
     a = np.asarray(a_raw_val, dtype=np.float64)
     a = a[np.isfinite(a)]
     if a.size == 0:
-        raise ValueError("no healthy validation slices to fit the score scaling on; the cache needs a 'val' split")
+        raise ValueError("no healthy validation slices to fit the score scaling on; "
+                         "the cache needs a 'val' split (val_fraction > 0)")
     mean = float(a.mean())
     sd = float(a.std(ddof=1)) if a.size > 1 else 0.0
     if not np.isfinite(sd) or sd <= 1e-12 * max(abs(mean), 1.0):
         sd = max(abs(mean), 1.0) * 1e-3  # degenerate validation set: still monotone, still finite
     return ScoreScaling(mean, sd, int(a.size))
 
-
-def slice_scores(res: MappingResult, lam: float) -> pd.DataFrame:
-    """R, D, A_raw per slice from a mapping result."""
-    r = res.R.double().numpy()
-    d = res.D.double().numpy()
-    return pd.DataFrame(dict(R=r, D=d, A_raw=(1 - lam) * r + lam * d))

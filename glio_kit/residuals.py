@@ -14,6 +14,12 @@ module provides:
 
 Units: images and reconstructions live in the generator's range [-1, 1] (background -1),
 so residuals are in [0, 2]; a residual of 2 is the full intensity range.
+
+:func:`residual_map` is the one definition of a residual map. The scoring step
+(:func:`glio_kit.scoring.score_run`) computes the maps of every scored slice once, with the
+``median_filter`` and ``erode`` of its settings, and saves them; figures, the browser and the
+evaluation read them with :func:`glio_kit.scoring.load_residual_maps` and the recorded
+settings with :func:`glio_kit.scoring.score_settings`.
 """
 from __future__ import annotations
 
@@ -54,7 +60,8 @@ def median_slices(maps, size: int = 3) -> np.ndarray:
     size = int(size or 0)
     if size <= 1:
         return stack.reshape(shape).astype(np.float32, copy=True)
-    out = ndimage.median_filter(stack.astype(np.float32, copy=False), size=(1, size, size), mode="constant", cval=0.0)
+    out = ndimage.median_filter(stack.astype(np.float32, copy=False), size=(1, size, size), mode="constant",
+                                cval=0.0)
     return out.reshape(shape)
 
 

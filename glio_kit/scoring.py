@@ -9,8 +9,9 @@ AnoGAN search, the f-AnoGAN encoder, or both), and writes into ``<run>/score/``:
   ``lesion_pixels``, ``loss``, ``restart``);
 - ``recon.npy`` (M, H, W) float32: G(z) per slice, in ``k`` order; ``latents.npy`` (M, latent);
 - ``residual_abs.npy`` / ``residual_pos.npy`` (M, H, W) float32: ``|x - G(z)|`` and
-  ``max(x - G(z), 0)`` inside the eroded brain, median-filtered (``median_filter``), from
-  :func:`glio_kit.residuals.residual_map`;
+  ``max(x - G(z), 0)`` inside the brain eroded by ``erode`` pixels, median-filtered
+  (``median_filter``): the residual maps, computed here once by
+  :func:`glio_kit.residuals.residual_map`; everything later reads them;
 - ``subject_scores.csv``: ``subject, label, split, score``; the subject score is the mean of
   its slices' ``A`` (the paper), or their maximum, or the mean of the ``topk`` largest
   (``subject_reduction``);
@@ -19,44 +20,118 @@ AnoGAN search, the f-AnoGAN encoder, or both), and writes into ``<run>/score/``:
 - ``scaling.json``: the map ``A = sigmoid((A_raw - mean_val) / sd_val)`` fitted on the
   healthy validation slices only;
 
-and ``subjects.csv`` (``subject,label,score``, test subjects) in the run folder itself.
-The arrays are written batch by batch into memory-mapped files, so memory does not grow
-with the number of slices.
+and ``subjects.csv`` (``subject,label,score``, test subjects) in the run folder itself. The
+step record ``steps/score.json`` holds every knob of :class:`~glio_kit.config.ScoreSettings`
+(``residual_kind``, ``median_filter`` and ``erode`` among them). The arrays are written batch
+by batch into memory-mapped files, so memory does not grow with the number of slices.
+
+Later steps read these files through the loaders here, never by path: :func:`load_slice_scores`,
+:func:`load_subject_scores`, :func:`load_reconstructions`, :func:`load_residual_maps`,
+:func:`load_mapping_history` and :func:`score_settings` (the settings the maps were made with).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .checkpoints import load_models
+from .config import REDUCTIONS, RESIDUAL_KINDS, ScoreSettings
 from .errors import RunFolderError
-from .mapping import (MAPPINGS, fit_scaling, initial_latents, load_encoder, map_slices,
-                      train_encoder)
+from .mapping import ScoreScaling, anomaly_score, fit_scaling, initial_latents, map_slices, train_encoder
+from .residuals import residual_map
 from .runtime import choose_device, quiet
 
-__all__ = ["score_run", "SCORE_KEYS", "reduce_subjects", "load_slice_scores", "load_subject_scores",
-           "plot_mapping_steps", "plot_loss_over_steps", "plot_score_distributions", "GROUPS"]
+__all__ = ["score_run", "reduce_subjects", "load_slice_scores", "load_subject_scores", "load_reconstructions",
+           "load_residual_maps", "load_mapping_history", "score_settings", "GROUPS", "RESIDUAL_FILES"]
 
-#: The knobs that define a scoring (the step record ``score`` holds them).
-SCORE_KEYS = ("mapping", "mapping_steps", "mapping_lr", "lam", "restarts", "encoder_epochs", "kappa",
-              "subject_reduction", "topk", "median_filter", "seed")
-REDUCTIONS = ("mean", "max", "topk")
 #: Slice groups of the mapping history and the figures: (name, split, label).
 GROUPS = (("val_healthy", "val", 0), ("test_healthy", "test", 0), ("test_tumour", "test", 1))
-ERODE = 1  # brain mask erosion (pixels) of the residual maps
 SLICE_COLUMNS = ["row", "k", "subject", "label", "split", "slice_index", "R", "D", "A_raw", "A",
                  "lesion_pixels", "loss", "restart"]
-GREY = dict(cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+#: The residual map files in ``score/``, by kind.
+RESIDUAL_FILES = {"absolute": "residual_abs.npy", "positive": "residual_pos.npy"}
+NOT_SCORED = "run the scoring step (notebook 03, or `glio-kit run`) with this run_dir first"
 
 
 def _score_dir(run) -> Path:
     return Path(run / "score")
 
 
+# ------------------------------------------------------------------------ loaders
+def _score_file(run, name: str) -> Path:
+    p = _score_dir(run) / name
+    if not p.exists():
+        raise RunFolderError(f"{p}: not in this run folder; {NOT_SCORED}")
+    return p
+
+
+def load_slice_scores(run) -> pd.DataFrame:
+    """``score/slice_scores.csv``: one row per scored slice; ``k`` is its row in the arrays."""
+    return pd.read_csv(_score_file(run, "slice_scores.csv"), dtype={"subject": str})
+
+
+def load_subject_scores(run) -> pd.DataFrame:
+    """``score/subject_scores.csv``: ``subject, label, split, score`` (validation and test)."""
+    return pd.read_csv(_score_file(run, "subject_scores.csv"), dtype={"subject": str})
+
+
+def load_reconstructions(run) -> np.memmap:
+    """G(z) of every scored slice: (M, H, W) float32 in [-1, 1], read-only memory map, row
+    ``k`` = the slice of ``slice_scores.csv`` with that ``k``."""
+    return np.load(_score_file(run, "recon.npy"), mmap_mode="r")
+
+
+def load_residual_maps(run, kind: str | None = None) -> np.memmap:
+    """The residual maps the scoring step saved (read-only memory map).
+
+    kind : ``"positive"`` = ``max(x - G(z), 0)`` or ``"absolute"`` = ``|x - G(z)|``;
+        ``None``: the ``residual_kind`` recorded in ``steps/score.json`` (the maps the
+        metrics use).
+    Returns (M, H, W) float32 in generator units [0, 2], 0 outside the brain eroded by the
+    recorded ``erode``, median-filtered with the recorded ``median_filter``; row ``k`` = the
+    slice of ``slice_scores.csv`` with that ``k``. :func:`score_settings` gives the settings;
+    ``residuals.eroded_brain(brain, settings.erode)`` the pixels the maps cover.
+    """
+    if kind is None:
+        kind = score_settings(run).residual_kind
+    if kind not in RESIDUAL_FILES:
+        raise ValueError(f"kind must be one of {RESIDUAL_KINDS} (or None: the recorded one), got {kind!r}")
+    return np.load(_score_file(run, RESIDUAL_FILES[kind]), mmap_mode="r")
+
+
+def load_mapping_history(run) -> pd.DataFrame:
+    """``score/mapping_history.csv``: ``step`` (0..steps) and the mean mapping loss of each
+    slice group of :data:`GROUPS` that has slices (``val_healthy``, ``test_healthy``,
+    ``test_tumour``)."""
+    return pd.read_csv(_score_file(run, "mapping_history.csv"))
+
+
+def score_settings(run) -> ScoreSettings:
+    """The :class:`~glio_kit.config.ScoreSettings` the run was scored with (``steps/score.json``).
+
+    Figures, the residual browser and the evaluation read the mapping and the residual maps'
+    settings (``residual_kind``, ``median_filter``, ``erode``) from here, never from defaults.
+    """
+    rec = run.record("score")
+    if not rec or rec.get("status") != "done":
+        raise RunFolderError(f"{run.path}: the scoring step is not done; {NOT_SCORED}")
+    if "settings" not in rec:
+        raise RunFolderError(f"{run.path}: steps/score.json was written by an older glio-kit and does not "
+                             f"record its settings; redo the scoring step (notebook 03, overwrite=True)")
+    try:
+        return ScoreSettings(**rec["settings"])
+    except TypeError as e:
+        raise RunFolderError(f"{run.path}: steps/score.json holds settings this glio-kit does not know "
+                             f"({e}); redo the scoring step (notebook 03, overwrite=True)") from None
+
+
 # ------------------------------------------------------------------------ subjects
-def reduce_subjects(slices: pd.DataFrame, how: str = "mean", topk: int = 3, column: str = "A") -> pd.DataFrame:
+def reduce_subjects(slices: pd.DataFrame, how: str = "mean", topk: int = 3,
+                    column: str = "A") -> pd.DataFrame:
     """One score per subject from its slices' ``column``.
 
     how : ``mean`` (the paper: the average anomaly score of the subject's slices), ``max``,
@@ -77,92 +152,125 @@ def reduce_subjects(slices: pd.DataFrame, how: str = "mean", topk: int = 3, colu
     return out[["subject", "label", "split", "score"]]
 
 
-def load_slice_scores(run) -> pd.DataFrame:
-    p = _score_dir(run) / "slice_scores.csv"
-    if not p.exists():
-        raise RunFolderError(f"{p}: no scores in this run folder; run the scoring step (notebook 03) first")
-    return pd.read_csv(p, dtype={"subject": str})
-
-
-def load_subject_scores(run) -> pd.DataFrame:
-    p = _score_dir(run) / "subject_scores.csv"
-    if not p.exists():
-        raise RunFolderError(f"{p}: no scores in this run folder; run the scoring step (notebook 03) first")
-    return pd.read_csv(p, dtype={"subject": str})
-
-
 def _score_rows(cache) -> np.ndarray:
     """Cache rows that are scored, in ``k`` order: validation slices, then test slices."""
+    if len(cache.rows(split="val", label=0)) == 0:
+        raise RunFolderError(f"{getattr(cache, 'folder', 'cache')}: no healthy validation slices; the score "
+                             f"scaling and the thresholds are fitted on them (val_fraction > 0)")
     return np.concatenate([cache.rows(split="val"), cache.rows(split="test")]).astype(np.int64)
 
 
 # ------------------------------------------------------------------------- the step
-def score_run(run, cache, cfg: dict, overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
+def score_run(run, cache, settings: ScoreSettings, overwrite: bool = False,
+              progress: bool = True) -> pd.DataFrame:
     """Map and score the ``val`` and ``test`` slices of ``cache`` with the run's DCGAN.
 
-    run : :class:`~glio_kit.runtime.RunDir` whose ``train`` step is done.
-    cfg : ``mapping`` (iterative | encoder | encoder+iterative), ``mapping_steps``,
-        ``mapping_lr``, ``mapping_batch_size``, ``lam``, ``restarts``, ``encoder_epochs``,
-        ``kappa``, ``batch_size`` (encoder), ``subject_reduction``, ``topk``,
-        ``median_filter``, ``seed``, ``device``.
+    run : :class:`~glio_kit.runtime.RunDir` whose ``prep`` and ``train`` steps are done.
+    cache : the run's :class:`~glio_kit.preprocess.SliceCache`.
+    settings : :class:`~glio_kit.config.ScoreSettings` (``get_config(...).score``): the mapping
+        (``mapping``, ``mapping_steps``, ``mapping_lr``, ``mapping_batch_size``, ``lam``,
+        ``restarts``, the encoder's knobs), the subject score (``subject_reduction``, ``topk``)
+        and the residual maps (``median_filter``, ``erode``; ``residual_kind`` is recorded for
+        the metrics), ``seed``, ``device``.
     overwrite : redo the step when the run folder holds a scoring with other knobs.
 
     Returns the slice table (``slice_scores.csv``). When this exact scoring is already done,
     nothing is recomputed and the saved table is returned.
     """
-    from numpy.lib.format import open_memmap
-    from tqdm.auto import tqdm
-
-    from .residuals import residual_map
-    from .train import load_models
-
-    if cfg["mapping"] not in MAPPINGS:
-        raise ValueError(f"mapping must be one of {MAPPINGS}, got {cfg['mapping']!r}")
-    if cfg["subject_reduction"] not in REDUCTIONS:
-        raise ValueError(f"subject_reduction must be one of {REDUCTIONS}, got {cfg['subject_reduction']!r}")
-    params = {k: cfg[k] for k in SCORE_KEYS}
-    sdir = _score_dir(run)
-    if run.claim("score", params, after=("train",), overwrite=overwrite) and (sdir / "slice_scores.csv").exists():
+    if not isinstance(settings, ScoreSettings):
+        raise TypeError(f"settings must be ScoreSettings (get_config(...).score), "
+                        f"got {type(settings).__name__}")
+    done = run.claim_step("score", settings, overwrite=overwrite)
+    if done and (_score_dir(run) / "slice_scores.csv").exists():
         return load_slice_scores(run)
 
     t_start = time.perf_counter()
-    device = choose_device(cfg.get("device", "auto"))
+    device = choose_device(settings.device)
     G, D, meta = load_models(run, device)
-    E = None
-    if cfg["mapping"] != "iterative":
-        E = train_encoder(run, cache, cfg, G, D, progress=progress, overwrite=overwrite)
-
     rows = _score_rows(cache)
-    if len(cache.rows(split="val", label=0)) == 0:
-        raise RunFolderError(f"{getattr(cache, 'folder', 'cache')}: no healthy validation slices; the score "
-                             f"scaling and the thresholds are fitted on them (val_fraction > 0)")
-    m = len(rows)
-    h, w = cache.images.shape[1:]
-    latent = G.latent_dim
-    restarts = max(1, int(cfg["restarts"]))
-    lam = float(cfg["lam"])
-    steps = int(cfg["mapping_steps"]) if cfg["mapping"] != "encoder" else 0
-    # starts for the whole set at once: any subset can later be re-mapped from the same z0
-    starts = initial_latents(m, latent, restarts, int(cfg["seed"]))
+    E = None
+    if settings.mapping != "iterative":
+        E = train_encoder(run, cache, settings, G, D, progress=progress, overwrite=overwrite)
     idx = cache.index.iloc[rows].reset_index(drop=True)
-    labels = idx["label"].to_numpy()
-    splits = idx["split"].to_numpy()
-
     sdir = run.reset_dir("score")
+    mapped = _map_all(sdir, cache, rows, idx, G, D, E, settings, progress)
+
+    df, scaling = _slice_table(rows, idx, mapped, settings.lam)
+    scaling.save(sdir / "scaling.json")
+    df.to_csv(sdir / "slice_scores.csv", index=False)
+    _write_subject_scores(run, df, settings)
+    mapped.history.table().to_csv(sdir / "mapping_history.csv", index=False)
+
+    m, steps = len(rows), mapped.history.steps
+    run.mark_done("score", seconds=round(time.perf_counter() - t_start, 3),
+                  map_seconds=round(mapped.seconds, 3), slices=int(m),
+                  slice_steps_per_s=round(m * max(steps, 1) / max(mapped.seconds, 1e-9), 2),
+                  device=str(device), model_epoch=meta["epoch"], mapping=settings.mapping, steps=steps,
+                  scaling=scaling.to_dict(), residual_files=RESIDUAL_FILES)
+    return df
+
+
+class _LossHistory:
+    """The mean mapping loss per step of each slice group of :data:`GROUPS`, batch by batch."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.sum = {name: np.zeros(steps + 1) for name, _, _ in GROUPS}
+        self.n = {name: 0 for name, _, _ in GROUPS}
+
+    def add(self, hist: np.ndarray, splits: np.ndarray, labels: np.ndarray) -> None:
+        """hist : (steps + 1, b) per-slice losses of a batch; splits, labels : (b,)."""
+        for name, split, label in GROUPS:
+            mask = (splits == split) & (labels == label)
+            if mask.any():
+                self.sum[name] += hist[:, mask].sum(1)
+                self.n[name] += int(mask.sum())
+
+    def table(self) -> pd.DataFrame:
+        """``step`` and one column per group that had slices (``mapping_history.csv``)."""
+        out = pd.DataFrame({"step": np.arange(self.steps + 1)})
+        for name, _, _ in GROUPS:
+            if self.n[name]:
+                out[name] = self.sum[name] / self.n[name]
+        return out
+
+
+@dataclass
+class _Mapped:
+    """What mapping the M scored slices gave: per-slice (M,) ``R``, ``D`` (mean residual and
+    feature difference), ``loss`` (the objective) and ``restart`` (the start kept); the loss
+    history; the mapping's wall time in seconds."""
+
+    R: np.ndarray
+    D: np.ndarray
+    loss: np.ndarray
+    restart: np.ndarray
+    history: _LossHistory
+    seconds: float
+
+
+def _map_all(sdir: Path, cache, rows: np.ndarray, idx: pd.DataFrame, G, D, E, settings: ScoreSettings,
+             progress: bool) -> _Mapped:
+    """Map the cache ``rows`` in batches; write ``recon.npy``, ``latents.npy`` and the residual
+    maps (:data:`RESIDUAL_FILES`) into ``sdir`` as memory maps, in ``k`` order."""
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    m, (h, w) = len(rows), cache.images.shape[1:]
+    steps = settings.mapping_steps if settings.mapping != "encoder" else 0
+    # starts for the whole set at once: any subset can later be re-mapped from the same z0
+    starts = initial_latents(m, G.latent_dim, settings.restarts, settings.seed)
+    labels, splits = idx["label"].to_numpy(), idx["split"].to_numpy()
     recon = open_memmap(sdir / "recon.npy", mode="w+", dtype=np.float32, shape=(m, h, w))
-    res_abs = open_memmap(sdir / "residual_abs.npy", mode="w+", dtype=np.float32, shape=(m, h, w))
-    res_pos = open_memmap(sdir / "residual_pos.npy", mode="w+", dtype=np.float32, shape=(m, h, w))
-    lat = open_memmap(sdir / "latents.npy", mode="w+", dtype=np.float32, shape=(m, latent))
-    R = np.empty(m)
-    Dv = np.empty(m)
-    loss = np.empty(m)
-    restart = np.zeros(m, np.int64)
-    hist_sum = {name: np.zeros(steps + 1) for name, _, _ in GROUPS}
-    hist_n = {name: 0 for name, _, _ in GROUPS}
-    per = max(1, int(cfg["mapping_batch_size"]) // restarts)
+    maps = {kind: open_memmap(sdir / name, mode="w+", dtype=np.float32, shape=(m, h, w))
+            for kind, name in RESIDUAL_FILES.items()}
+    lat = open_memmap(sdir / "latents.npy", mode="w+", dtype=np.float32, shape=(m, G.latent_dim))
+    out = _Mapped(R=np.empty(m), D=np.empty(m), loss=np.empty(m), restart=np.zeros(m, np.int64),
+                  history=_LossHistory(steps), seconds=0.0)
+    per = max(1, settings.mapping_batch_size // settings.restarts)
     t_map = time.perf_counter()
     # progress in slice-steps, updated every step (a batch of 256 slices x 500 steps is minutes)
-    bar = tqdm(total=m * max(steps, 1), desc=f"map {m} slices ({cfg['mapping']}, {steps} steps)",
+    bar = tqdm(total=m * max(steps, 1), desc=f"map {m} slices ({settings.mapping}, {steps} steps)",
                unit="slice-step", unit_scale=True, disable=not progress or quiet(), dynamic_ncols=True)
     try:
         for a in range(0, m, per):
@@ -170,190 +278,49 @@ def score_run(run, cache, cfg: dict, overwrite: bool = False, progress: bool = T
             sel = rows[a:a + b]
             x = np.asarray(cache.images[sel], dtype=np.float32)
             tick = None if bar.disable else (lambda t, z, loss, b=b: bar.update(b))
-            res = map_slices(G, D, x, cfg, E=E, z0=starts[:, a:a + b], callback=tick)
+            res = map_slices(G, D, x, settings, E=E, z0=starts[:, a:a + b], callback=tick)
             gz = res.gz[:, 0].float().numpy()
             recon[a:a + b] = gz
             lat[a:a + b] = res.z.float().numpy()
             brain = np.asarray(cache.brain[sel])
-            med = int(cfg["median_filter"])
-            res_abs[a:a + b] = residual_map(x, gz, brain, kind="absolute", median=med, erode=ERODE)
-            res_pos[a:a + b] = residual_map(x, gz, brain, kind="positive", median=med, erode=ERODE)
-            R[a:a + b] = res.R.double().numpy()
-            Dv[a:a + b] = res.D.double().numpy()
-            loss[a:a + b] = res.loss.double().numpy()
-            restart[a:a + b] = res.restart.numpy()
-            hist = res.history.double().numpy()  # (steps + 1, b)
-            for name, split, label in GROUPS:
-                mask = (splits[a:a + b] == split) & (labels[a:a + b] == label)
-                if mask.any():
-                    hist_sum[name] += hist[:, mask].sum(1)
-                    hist_n[name] += int(mask.sum())
+            for kind, arr in maps.items():
+                arr[a:a + b] = residual_map(x, gz, brain, kind=kind, median=settings.median_filter,
+                                            erode=settings.erode)
+            out.R[a:a + b] = res.R.double().numpy()
+            out.D[a:a + b] = res.D.double().numpy()
+            out.loss[a:a + b] = res.loss.double().numpy()
+            out.restart[a:a + b] = res.restart.numpy()
+            out.history.add(res.history.double().numpy(), splits[a:a + b], labels[a:a + b])
             if steps == 0:
                 bar.update(b)
     finally:
         bar.close()
-    map_seconds = time.perf_counter() - t_map
-    for arr in (recon, res_abs, res_pos, lat):
+    out.seconds = time.perf_counter() - t_map
+    for arr in (recon, lat, *maps.values()):
         arr.flush()
-    del recon, res_abs, res_pos, lat
+    return out
 
-    a_raw = (1 - lam) * R + lam * Dv
-    healthy_val = (splits == "val") & (labels == 0)
-    scaling = fit_scaling(a_raw[healthy_val])  # healthy validation slices only, never test slices
-    scaling.save(sdir / "scaling.json")
+
+def _slice_table(rows: np.ndarray, idx: pd.DataFrame, mapped: _Mapped, lam: float) -> tuple[pd.DataFrame,
+                                                                                            ScoreScaling]:
+    """The slice table (``slice_scores.csv``) and the scaling fitted on its healthy
+    validation slices (only those, never test slices)."""
+    m = len(rows)
+    labels, splits = idx["label"].to_numpy(), idx["split"].to_numpy()
+    a_raw = anomaly_score(mapped.R, mapped.D, lam)
+    scaling = fit_scaling(a_raw[(splits == "val") & (labels == 0)])
     df = pd.DataFrame(dict(
         row=rows, k=np.arange(m), subject=idx["subject"].astype(str).to_numpy(), label=labels, split=splits,
         slice_index=idx["slice_index"].to_numpy() if "slice_index" in idx else np.zeros(m, int),
-        R=R, D=Dv, A_raw=a_raw, A=scaling(a_raw),
+        R=mapped.R, D=mapped.D, A_raw=a_raw, A=scaling(a_raw),
         lesion_pixels=idx["lesion_pixels"].to_numpy() if "lesion_pixels" in idx else np.zeros(m, int),
-        loss=loss, restart=restart,
+        loss=mapped.loss, restart=mapped.restart,
     ))[SLICE_COLUMNS]
-    df.to_csv(sdir / "slice_scores.csv", index=False)
+    return df, scaling
 
-    subj = reduce_subjects(df, cfg["subject_reduction"], int(cfg["topk"]))
-    subj.to_csv(sdir / "subject_scores.csv", index=False)
+
+def _write_subject_scores(run, df: pd.DataFrame, settings: ScoreSettings) -> None:
+    """``score/subject_scores.csv`` (validation and test) and ``subjects.csv`` (test only)."""
+    subj = reduce_subjects(df, settings.subject_reduction, settings.topk)
+    subj.to_csv(_score_dir(run) / "subject_scores.csv", index=False)
     subj[subj["split"] == "test"][["subject", "label", "score"]].to_csv(run / "subjects.csv", index=False)
-    hist = pd.DataFrame({"step": np.arange(steps + 1)})
-    for name, _, _ in GROUPS:
-        if hist_n[name]:
-            hist[name] = hist_sum[name] / hist_n[name]
-    hist.to_csv(sdir / "mapping_history.csv", index=False)
-
-    seconds = time.perf_counter() - t_start
-    run.mark_done("score", seconds=round(seconds, 3), map_seconds=round(map_seconds, 3), slices=int(m),
-                  slice_steps_per_s=round(m * max(steps, 1) / max(map_seconds, 1e-9), 2),
-                  device=str(device), model_epoch=meta["epoch"], mapping=cfg["mapping"], steps=steps,
-                  scaling=scaling.to_dict())
-    return df
-
-
-# --------------------------------------------------------------------------- figures
-def _clean(ax):
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _pick_slices(df: pd.DataFrame, n_healthy: int, n_tumour: int, seed: int) -> list[int]:
-    """``k`` of a few test slices: healthy ones (seeded pick) and the tumour slices with the
-    largest lesions (different subjects where possible)."""
-    rng = np.random.default_rng(seed)
-    healthy = df[(df.split == "test") & (df.label == 0)]
-    if not len(healthy):
-        healthy = df[df.split == "val"]
-    ks = []
-    if len(healthy) and n_healthy:
-        ks += sorted(rng.choice(healthy["k"].to_numpy(), min(n_healthy, len(healthy)), replace=False).tolist())
-    tum = df[(df.split == "test") & (df.label == 1)]
-    if len(tum) and n_tumour:
-        tum = tum.sort_values(["lesion_pixels", "A"], ascending=False).drop_duplicates("subject")
-        ks += tum["k"].to_numpy()[:n_tumour].tolist()
-    return [int(k) for k in ks]
-
-
-def plot_mapping_steps(run, cache, cfg: dict, n_healthy: int = 2, n_tumour: int = 2, steps=None,
-                       device=None, ks=None):
-    """A few test slices (healthy, then tumour) and G(z) at several steps of the mapping.
-
-    The slices are mapped again from the very starts the scoring step used (so the last
-    column matches ``recon.npy``), recording G(z) at ``steps`` (default: about five from 0
-    to ``mapping_steps``). Columns: the input (red: ground-truth lesion), G(z) per step, and
-    the final residual ``|x - G(z)|`` as in ``residual_abs.npy`` (inside the eroded brain,
-    median-filtered). ``ks`` picks the slices (``k`` of slice_scores.csv).
-    """
-    import matplotlib.pyplot as plt
-
-    from .residuals import residual_map
-    from .train import load_models
-
-    df = load_slice_scores(run)
-    ks = list(ks) if ks is not None else _pick_slices(df, n_healthy, n_tumour, int(cfg["seed"]))
-    n_steps = int(cfg["mapping_steps"]) if cfg["mapping"] != "encoder" else 0
-    if steps is None:
-        steps = sorted({int(round(s)) for s in np.geomspace(1, n_steps + 1, 5) - 1}) if n_steps else [0]
-    steps = sorted({int(s) for s in steps if 0 <= int(s) <= n_steps})
-    dev = choose_device(device or cfg.get("device", "auto"))
-    G, D, _ = load_models(run, dev)
-    E = load_encoder(run, dev) if cfg["mapping"] != "iterative" else None
-    starts = initial_latents(len(df), G.latent_dim, max(1, int(cfg["restarts"])), int(cfg["seed"]))
-    rows = df.set_index("k").loc[ks, "row"].to_numpy()
-    x = np.asarray(cache.images[rows], dtype=np.float32)
-    res = map_slices(G, D, x, cfg, E=E, z0=starts[:, ks], record_steps=steps)
-    ncol = len(steps) + 2
-    fig, axes = plt.subplots(len(ks), ncol, figsize=(1.45 * ncol, 1.5 * len(ks) + 0.5), squeeze=False)
-    for i, k in enumerate(ks):
-        r = df.set_index("k").loc[k]
-        les = np.asarray(cache.lesion[rows[i]])
-        axes[i, 0].imshow(x[i], **GREY)
-        if les.any():
-            axes[i, 0].contour(les.astype(float), levels=[0.5], colors="red", linewidths=0.7)
-        axes[i, 0].set_ylabel(f"{'tumour' if r['label'] == 1 else 'healthy'}\n{r['subject']}"[:28], fontsize=7)
-        for j, s in enumerate(steps):
-            axes[i, j + 1].imshow(res.snapshots[s][i, 0].float().numpy(), **GREY)
-        resid = residual_map(x[i], res.gz[i, 0].float().numpy(), np.asarray(cache.brain[rows[i]]),
-                             kind="absolute", median=int(cfg["median_filter"]), erode=ERODE)
-        axes[i, -1].imshow(resid, cmap="hot", vmin=0, vmax=1, interpolation="nearest")
-        for ax in axes[i]:
-            _clean(ax)
-    axes[0, 0].set_title("input x", fontsize=8)
-    for j, s in enumerate(steps):
-        axes[0, j + 1].set_title(f"G(z), step {s}", fontsize=8)
-    axes[0, -1].set_title("|x - G(z)| in brain", fontsize=8)
-    fig.suptitle(f"Latent mapping ({cfg['mapping']}, lr {cfg['mapping_lr']}, lambda {cfg['lam']})", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plot_loss_over_steps(run):
-    """Mean mapping loss per step for healthy validation, healthy test and tumour test slices."""
-    import matplotlib.pyplot as plt
-
-    p = _score_dir(run) / "mapping_history.csv"
-    if not p.exists():
-        raise RunFolderError(f"{p}: no mapping history in this run folder; run the scoring step first")
-    hist = pd.read_csv(p)
-    styles = {"val_healthy": ("grey", "healthy (val)"), "test_healthy": ("tab:blue", "healthy (test)"),
-              "test_tumour": ("tab:red", "tumour (test)")}
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name, (color, label) in styles.items():
-        if name in hist:
-            ax.plot(hist["step"], hist[name], color=color, label=label, marker="o" if len(hist) < 3 else None)
-    ax.set_xlabel("mapping step")
-    ax.set_ylabel("mean loss (1-lambda) L_R + lambda L_D")
-    ax.set_title("Latent mapping: loss over steps", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_score_distributions(run, bins: int = 30):
-    """Anomaly scores A of healthy and tumour test slices and subjects (validation in grey)."""
-    import matplotlib.pyplot as plt
-
-    sl = load_slice_scores(run)
-    su = load_subject_scores(run)
-    groups = [("healthy (val)", "val", 0, "grey"), ("healthy (test)", "test", 0, "tab:blue"),
-              ("tumour (test)", "test", 1, "tab:red")]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.4))
-    edges = np.linspace(0, 1, bins + 1)
-    for label, split, lab, color in groups:
-        v = sl[(sl.split == split) & (sl.label == lab)]["A"]
-        if len(v):
-            a1.hist(v, bins=edges, density=True, alpha=0.45 if split == "test" else 0.35, color=color,
-                    label=f"{label}, n={len(v)}")
-    a1.set_xlabel("slice anomaly score A")
-    a1.set_ylabel("density")
-    a1.set_title("slices", fontsize=10)
-    a1.legend(fontsize=7)
-    rng = np.random.default_rng(0)
-    for i, (label, split, lab, color) in enumerate(groups):
-        v = su[(su.split == split) & (su.label == lab)]["score"].to_numpy()
-        if len(v):
-            a2.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=14, color=color, alpha=0.8)
-            a2.hlines(np.median(v), i - 0.3, i + 0.3, color="k", lw=1)
-    a2.set_xticks(range(len(groups)))
-    a2.set_xticklabels([g[0] for g in groups], fontsize=8)
-    a2.set_ylabel("subject score")
-    rec = (run.record("score") or {}).get("params", {})
-    a2.set_title(f"subjects ({rec.get('subject_reduction', 'mean')} of slice A)", fontsize=10)
-    fig.tight_layout()
-    return fig

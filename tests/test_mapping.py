@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from glio_kit.mapping import (Encoder, MappingResult, ScoreScaling, encode, fit_scaling, frozen, initial_latents,
-                              map_iterative, map_slices, mapping_loss)
+from glio_kit.config import ScoreSettings
+from glio_kit.mapping import (Encoder, MappingResult, ScoreScaling, anomaly_score, encode, fit_scaling,
+                              frozen, initial_latents, map_iterative, map_slices, mapping_loss)
 from glio_kit.model import Discriminator, Generator, weights_init
 
 LATENT = 16
 SIZE = (16, 16)
-
-
 
 
 def tiny_models(size=SIZE, dtype=torch.float64, seed=0):
@@ -50,7 +49,8 @@ def test_batched_mapping_equals_one_at_a_time(dtype):
     x = targets(G)
     z0 = initial_latents(len(x), LATENT, seed=3)[0]
     batched = map_iterative(G, D, x, steps=20, lam=0.1, lr=0.05, z0=z0)
-    alone = [map_iterative(G, D, x[i:i + 1], steps=20, lam=0.1, lr=0.05, z0=z0[i:i + 1]) for i in range(len(x))]
+    alone = [map_iterative(G, D, x[i:i + 1], steps=20, lam=0.1, lr=0.05, z0=z0[i:i + 1])
+             for i in range(len(x))]
     loss = torch.cat([r.loss for r in alone])
     z = torch.cat([r.z for r in alone])
     assert rel(batched.loss, loss) < 1e-4
@@ -139,7 +139,8 @@ def test_models_frozen_and_restored():
     before = {k: v.clone() for k, v in {**{"G" + k: v for k, v in G.state_dict().items()},
                                           **{"D" + k: v for k, v in D.state_dict().items()}}.items()}
     res = map_iterative(G, D, x, steps=5)
-    after = {**{"G" + k: v for k, v in G.state_dict().items()}, **{"D" + k: v for k, v in D.state_dict().items()}}
+    after = {**{"G" + k: v for k, v in G.state_dict().items()},
+             **{"D" + k: v for k, v in D.state_dict().items()}}
     assert before.keys() == after.keys()
     for k in before:  # weights and BatchNorm running_mean / running_var / num_batches_tracked
         assert torch.equal(before[k], after[k]), k
@@ -165,6 +166,13 @@ def test_result_fields_and_snapshots():
     npx, nft = x[0].numel(), D.features(x[:1]).numel()
     assert torch.allclose(res.loss, 0.9 * res.R * npx + 0.1 * res.D * nft)
     assert torch.allclose(res.R, (x - res.gz).abs().flatten(1).mean(1))
+
+
+def test_anomaly_score_is_the_papers_weighting():
+    R, D = np.array([0.2, 0.4]), np.array([1.0, 3.0])
+    assert np.allclose(anomaly_score(R, D, 0.1), 0.9 * R + 0.1 * D)
+    assert np.array_equal(anomaly_score(R, D, 0.0), R) and np.array_equal(anomaly_score(R, D, 1.0), D)
+    assert torch.is_tensor(anomaly_score(torch.tensor(R), torch.tensor(D), 0.1))  # NumPy or torch
 
 
 def test_seeded_starts_repeat():
@@ -215,18 +223,22 @@ def test_map_slices_modes():
     G, D = tiny_models()
     E = Encoder(LATENT, 8, SIZE).double().eval()
     x = targets(G, n=4)
-    cfg = dict(mapping="encoder", mapping_steps=5, mapping_lr=0.05, lam=0.1, restarts=2, mapping_batch_size=64, seed=0)
-    enc = map_slices(G, D, x, cfg, E=E)
+    s = ScoreSettings(mapping="encoder", mapping_steps=5, mapping_lr=0.05, lam=0.1, restarts=2,
+                      mapping_batch_size=64, seed=0)
+    enc = map_slices(G, D, x, s, E=E)
     ze = encode(E, x)
     assert torch.allclose(enc.z, ze.double()) and enc.history.shape == (1, 4)
-    both = map_slices(G, D, x, dict(cfg, mapping="encoder+iterative", restarts=1), E=E)
+    both = map_slices(G, D, x, s.replace(mapping="encoder+iterative", restarts=1), E=E)
     assert both.history.shape == (6, 4)
     assert torch.allclose(both.history[0], enc.loss)  # the search starts at E(x)
     assert (both.loss <= enc.loss + 1e-9).all()
+    # iterative: the same as map_iterative with the settings' knobs
+    it = map_slices(G, D, x, s.replace(mapping="iterative", restarts=1))
+    assert torch.equal(it.z, map_iterative(G, D, x, 5, lam=0.1, lr=0.05, seed=0).z)
     with pytest.raises(ValueError):
-        map_slices(G, D, x, dict(cfg, mapping="encoder"), E=None)
-    with pytest.raises(ValueError):
-        map_slices(G, D, x, dict(cfg, mapping="nonsense"))
+        map_slices(G, D, x, s, E=None)
+    with pytest.raises(ValueError, match="mapping"):
+        s.replace(mapping="nonsense")
 
 
 # ---------------------------------------------------------------------- scaling

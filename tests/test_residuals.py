@@ -21,7 +21,8 @@ def test_positive_vs_absolute():
     assert ab[3, 3] == pytest.approx(0.5) and ab[4, 4] == pytest.approx(0.5)
     assert pos.dtype == np.float32 and pos.shape == x.shape
     # full range: background (-1) against bright (+1) is 2
-    assert residual_map(np.ones((4, 4)), -np.ones((4, 4)), np.ones((4, 4)), median=0, erode=0).max() == pytest.approx(2.0)
+    full = residual_map(np.ones((4, 4)), -np.ones((4, 4)), np.ones((4, 4)), median=0, erode=0)
+    assert full.max() == pytest.approx(2.0)
 
 
 def test_brain_masking_and_erosion():
@@ -36,6 +37,17 @@ def test_brain_masking_and_erosion():
     r2 = residual_map(x, gz, brain, median=0, erode=2)
     assert r2.sum() == 16
     assert eroded_brain(brain, 1).sum() == 36
+
+
+def test_map_covers_exactly_the_eroded_brain():
+    """eroded_brain(brain, erode) is the set of pixels a residual map can be non-zero on."""
+    rng = np.random.default_rng(1)
+    brain = np.stack([_square_brain(), _square_brain(12, 12, 1, 11)])
+    x = rng.uniform(0.1, 1, brain.shape).astype(np.float32)
+    for erode in (0, 1, 2):
+        res = residual_map(x, -np.ones_like(x), brain, kind="positive", median=0, erode=erode)
+        eb = eroded_brain(brain, erode)
+        assert (res[~eb] == 0).all() and (res[eb] > 0).all()
 
 
 def test_median_removes_isolated_pixel_keeps_blob():

@@ -14,10 +14,12 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from glio_kit.config import get_config  # noqa: E402
+from glio_kit.config import ScoreSettings, get_config  # noqa: E402
 from glio_kit.errors import RunFolderError  # noqa: E402
+from glio_kit.figures import scoring as F  # noqa: E402
 from glio_kit.mapping import load_encoder  # noqa: E402
 from glio_kit.preprocess import SliceCache  # noqa: E402
+from glio_kit.residuals import residual_map  # noqa: E402
 from glio_kit.runtime import RunDir  # noqa: E402
 from glio_kit import scoring as S  # noqa: E402
 
@@ -26,8 +28,6 @@ N_SLICES = 3
 # (subject, label, split): 4 healthy train, 2 healthy val, 2 healthy test, 2 tumour test
 SUBJECTS = ([(f"TR{i}", 0, "train") for i in range(4)] + [(f"VA{i}", 0, "val") for i in range(2)]
             + [(f"TH{i}", 0, "test") for i in range(2)] + [(f"TT{i}", 1, "test") for i in range(2)])
-
-
 
 
 def write_cache(folder, seed=0, test_shift=0.0):
@@ -67,11 +67,16 @@ def write_cache(folder, seed=0, test_shift=0.0):
     return SliceCache(folder)
 
 
-def cfg_for(**kw):
-    cfg = get_config("smoke", image_size=16, ngf=8, ndf=8, epochs=1, batch_size=6, checkpoint_every=1,
-                     device="cpu", latent_dim=16, mapping_steps=6, mapping_batch_size=8, encoder_epochs=4)
-    cfg.update(kw)
-    return cfg
+def settings_for(**kw):
+    """Every step's settings of the tiny test run (``.train``, ``.score``)."""
+    knobs = dict(image_size=16, ngf=8, ndf=8, epochs=1, batch_size=6, checkpoint_every=1, device="cpu",
+                 latent_dim=16, mapping_steps=6, mapping_batch_size=8, encoder_epochs=4, encoder_batch_size=6)
+    knobs.update(kw)
+    return get_config("smoke", **knobs)
+
+
+def score_for(**kw) -> ScoreSettings:
+    return settings_for(**kw).score
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +91,7 @@ def trained(tmp_path_factory):
         cache = write_cache(run / "cache")
         run.claim("prep", {"tiny": True})
         run.mark_done("prep")
-        train_dcgan(run, cache, cfg_for(), progress=False)
+        train_dcgan(run, cache, settings_for().train, progress=False)
     finally:
         torch.set_num_threads(n)
     return run
@@ -113,7 +118,8 @@ def test_reduce_subjects_mean_max_topk():
     top = S.reduce_subjects(df, "topk", topk=3).set_index("subject")["score"]
     assert mean["a"] == pytest.approx(0.45) and mean["b"] == pytest.approx(0.3)
     assert mx["a"] == pytest.approx(0.9) and mx["b"] == pytest.approx(0.4)
-    assert top["a"] == pytest.approx((0.9 + 0.5 + 0.3) / 3) and top["b"] == pytest.approx(0.3)  # b: all it has
+    assert top["a"] == pytest.approx((0.9 + 0.5 + 0.3) / 3)
+    assert top["b"] == pytest.approx(0.3)  # b: all it has
     assert S.reduce_subjects(df, "topk", topk=1).set_index("subject")["score"]["a"] == pytest.approx(0.9)
     out = S.reduce_subjects(df, "mean")
     assert list(out.columns) == ["subject", "label", "split", "score"] and list(out["label"]) == [0, 1]
@@ -125,29 +131,30 @@ def test_reduce_subjects_mean_max_topk():
 def test_score_run_end_to_end(trained):
     run = trained
     cache = SliceCache(run / "cache")
-    cfg = cfg_for()
-    df = S.score_run(run, cache, cfg, progress=False)
+    s = score_for()
+    df = S.score_run(run, cache, s, progress=False)
     sdir = run / "score"
-    val_test = np.concatenate([cache.rows(split="val"), cache.rows(split="test")])
-    m = len(val_test)
-    assert list(df.columns[:10]) == ["row", "k", "subject", "label", "split", "slice_index", "R", "D", "A_raw", "A"]
-    assert len(df) == m and list(df["k"]) == list(range(m)) and sorted(df["row"]) == sorted(val_test)
-    assert set(df["split"]) == {"val", "test"}  # training slices are never scored
+    m = len(cache.rows(split="val")) + len(cache.rows(split="test"))
+    assert len(df) == m and list(df["k"]) == list(range(m))
+    assert set(df["split"]) == {"val", "test"}
     assert df["A"].between(0, 1, inclusive="neither").all()
-    lam = cfg["lam"]
+    lam = s.lam
     assert np.allclose(df["A_raw"], (1 - lam) * df["R"] + lam * df["D"])
-    assert df.equals(pd.read_csv(sdir / "slice_scores.csv", dtype={"subject": str}))
+    assert df.equals(S.load_slice_scores(run))
 
     recon = np.load(sdir / "recon.npy")
     pos, ab = np.load(sdir / "residual_pos.npy"), np.load(sdir / "residual_abs.npy")
     assert recon.shape == pos.shape == ab.shape == (m, *SIZE) and recon.dtype == np.float32
+    assert np.array_equal(S.load_reconstructions(run), recon)
+    assert np.array_equal(S.load_residual_maps(run), pos)  # the recorded residual_kind: positive
+    assert np.array_equal(S.load_residual_maps(run, "absolute"), ab)
     x = np.asarray(cache.images[df["row"]])
     assert np.allclose(df["R"], np.abs(x - recon).mean((1, 2)), atol=1e-5)  # R from the saved G(z)
     brain = np.asarray(cache.brain[df["row"]]).astype(bool)
     assert (pos[~brain] == 0).all() and (ab[~brain] == 0).all()  # brain-masked
     assert (pos >= 0).all() and (ab >= pos - 1e-6).all()
     # recon is G(latents)
-    from glio_kit.train import load_models
+    from glio_kit.checkpoints import load_models
 
     G, _, _ = load_models(run)
     with torch.no_grad():
@@ -167,56 +174,95 @@ def test_score_run_end_to_end(trained):
     assert list(top.columns) == ["subject", "label", "score"]
     assert set(top["subject"]) == {s for s, _, sp in SUBJECTS if sp == "test"}
 
-    hist = pd.read_csv(sdir / "mapping_history.csv")
+    hist = S.load_mapping_history(run)
     assert list(hist.columns) == ["step", "val_healthy", "test_healthy", "test_tumour"]
-    assert len(hist) == cfg["mapping_steps"] + 1
+    assert len(hist) == s.mapping_steps + 1
     rec = run.record("score")
     assert rec["status"] == "done" and rec["info"]["slices"] == m
+    assert S.score_settings(run) == s  # every knob recorded, read back as typed settings
 
     # done: a second call loads, recomputes nothing
     stamp = (sdir / "recon.npy").stat().st_mtime_ns
-    again = S.score_run(run, cache, cfg, progress=False)
+    again = S.score_run(run, cache, s, progress=False)
     assert again.equals(df) and (sdir / "recon.npy").stat().st_mtime_ns == stamp
     # other knobs into the same folder: stop, overwrite nothing
     with pytest.raises(RunFolderError):
-        S.score_run(run, cache, cfg_for(mapping_steps=7), progress=False)
+        S.score_run(run, cache, s.replace(mapping_steps=7), progress=False)
     assert (sdir / "recon.npy").stat().st_mtime_ns == stamp
 
     # the figures
     import matplotlib.figure
 
-    for fig in (S.plot_mapping_steps(run, cache, cfg), S.plot_loss_over_steps(run), S.plot_score_distributions(run)):
+    for fig in (F.plot_mapping_steps(run, cache), F.plot_loss_over_steps(run),
+                F.plot_slice_and_subject_scores(run)):
         assert isinstance(fig, matplotlib.figure.Figure)
     assert not list((run / "figures").glob("*.png"))  # returned, not saved: the notebook saves them
+
+
+def test_residual_settings_reach_the_saved_maps_and_the_record(trained, tmp_path):
+    """median_filter and erode given in ScoreSettings change the saved maps (one definition:
+    residual_map with those values) and are in the step record; residual_kind picks the map
+    the loaders hand on."""
+    maps = {}
+    for name, kw in (("default", {}), ("other", dict(median_filter=0, erode=2, residual_kind="absolute"))):
+        run = copy_run(trained, tmp_path / name)
+        cache = SliceCache(run / "cache")
+        s = score_for(mapping_steps=2, **kw)
+        df = S.score_run(run, cache, s, progress=False)
+        rec = run.record("score")
+        for knob in ("median_filter", "erode", "residual_kind"):
+            assert rec["params"][knob] == rec["settings"][knob] == getattr(s, knob)
+        assert S.score_settings(run) == s
+        rows = df["row"].to_numpy()
+        x, brain = np.asarray(cache.images[rows]), np.asarray(cache.brain[rows])
+        recon = np.asarray(S.load_reconstructions(run))
+        for kind in ("positive", "absolute"):
+            want = residual_map(x, recon, brain, kind=kind, median=s.median_filter, erode=s.erode)
+            assert np.array_equal(S.load_residual_maps(run, kind), want)
+        assert np.array_equal(S.load_residual_maps(run), S.load_residual_maps(run, s.residual_kind))
+        maps[name] = (recon, np.asarray(S.load_residual_maps(run, "positive")))
+    (r0, p0), (r1, p1) = maps["default"], maps["other"]
+    assert np.array_equal(r0, r1)  # the same mapping ...
+    assert not np.array_equal(p0, p1)  # ... other residual maps
+    with pytest.raises(ValueError, match="kind"):
+        S.load_residual_maps(trained, "squared")
+
+
+def test_loaders_say_what_to_run(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(RunFolderError, match="notebook 03"):
+        S.load_residual_maps(run, "positive")
+    with pytest.raises(RunFolderError, match="notebook 03"):
+        S.score_settings(run)
 
 
 def test_mapping_steps_figure_reproduces_the_scoring(trained, tmp_path):
     run = copy_run(trained, tmp_path / "run")
     cache = SliceCache(run / "cache")
-    cfg = cfg_for(restarts=2)
-    df = S.score_run(run, cache, cfg, progress=False)
+    s = score_for(restarts=2)
+    df = S.score_run(run, cache, s, progress=False)
     recon = np.load(run / "score" / "recon.npy")
     ks = [1, len(df) - 1]
-    fig = S.plot_mapping_steps(run, cache, cfg, ks=ks)
+    fig = F.plot_mapping_steps(run, cache, ks=ks)
     # the figure maps from the same starts: its last column is recon.npy's G(z)
+    from glio_kit.checkpoints import load_models
     from glio_kit.mapping import initial_latents, map_slices
-    from glio_kit.train import load_models
 
     G, D, _ = load_models(run)
-    z0 = initial_latents(len(df), G.latent_dim, 2, cfg["seed"])[:, ks]
-    res = map_slices(G, D, np.asarray(cache.images[df["row"].to_numpy()[ks]]), cfg, z0=z0)
+    z0 = initial_latents(len(df), G.latent_dim, 2, s.seed)[:, ks]
+    res = map_slices(G, D, np.asarray(cache.images[df["row"].to_numpy()[ks]]), s, z0=z0)
     assert np.allclose(res.gz[:, 0].numpy(), recon[ks], atol=1e-5)
     assert fig.axes
 
 
 def test_scaling_uses_only_validation_slices(trained, tmp_path):
     """Changing the test slices changes their scores but not the map fitted on val."""
-    cfg = cfg_for()
+    s = score_for()
     out = []
     for shift, name in ((0.0, "a"), (0.4, "b")):
         run = copy_run(trained, tmp_path / name)
         cache = write_cache(tmp_path / f"cache_{name}", test_shift=shift)
-        df = S.score_run(run, cache, cfg, progress=False)
+        df = S.score_run(run, cache, s, progress=False)
         out.append((json.loads((run / "score" / "scaling.json").read_text()), df))
     (s0, d0), (s1, d1) = out
     assert s0["mean_val"] == pytest.approx(s1["mean_val"], rel=1e-9)
@@ -231,8 +277,8 @@ def test_scaling_uses_only_validation_slices(trained, tmp_path):
 def test_score_run_subject_reduction(trained, tmp_path, how):
     run = copy_run(trained, tmp_path / "run")
     cache = SliceCache(run / "cache")
-    df = S.score_run(run, cache, cfg_for(subject_reduction=how, topk=2, mapping_steps=2), progress=False)
-    subj = pd.read_csv(run / "score" / "subject_scores.csv", dtype={"subject": str}).set_index("subject")["score"]
+    df = S.score_run(run, cache, score_for(subject_reduction=how, topk=2, mapping_steps=2), progress=False)
+    subj = S.load_subject_scores(run).set_index("subject")["score"]
     g = df.groupby("subject")["A"]
     exp = g.max() if how == "max" else g.apply(lambda s: s.nlargest(2).mean())
     assert np.allclose(subj, exp.loc[subj.index])
@@ -241,14 +287,16 @@ def test_score_run_subject_reduction(trained, tmp_path, how):
 def test_encoder_mapping_trains_and_scores(trained, tmp_path):
     run = copy_run(trained, tmp_path / "run")
     cache = SliceCache(run / "cache")
-    cfg = cfg_for(mapping="encoder", encoder_epochs=8)
-    df = S.score_run(run, cache, cfg, progress=False)
+    s = score_for(mapping="encoder", encoder_epochs=8)
+    df = S.score_run(run, cache, s, progress=False)
     losses = pd.read_csv(run / "encoder" / "losses.csv")
     assert len(losses) == 8 and losses["loss"].iloc[-1] < losses["loss"].iloc[0]
     assert run.is_done("encoder")
+    rec = run.record("encoder")["params"]
+    assert rec["encoder_lr"] == s.encoder_lr and rec["encoder_batch_size"] == s.encoder_batch_size
     E = load_encoder(run)
     assert E.latent_dim == 16 and not E.training
-    hist = pd.read_csv(run / "score" / "mapping_history.csv")
+    hist = S.load_mapping_history(run)
     assert len(hist) == 1  # one forward pass, no search
     assert df["A"].between(0, 1, inclusive="neither").all()
     # z of every slice is E(x)
@@ -256,14 +304,14 @@ def test_encoder_mapping_trains_and_scores(trained, tmp_path):
 
     z = encode(E, np.asarray(cache.images[df["row"].to_numpy()]))
     assert np.allclose(z.numpy(), np.load(run / "score" / "latents.npy"), atol=1e-5)
-    fig = S.plot_mapping_steps(run, cache, cfg)
+    fig = F.plot_mapping_steps(run, cache)
     assert fig.axes
     # encoder + iterative starts from the same encoder (the step record is reused)
     run2 = RunDir(run.path)
-    df2 = S.score_run(run2, cache, dict(cfg, mapping="encoder+iterative", mapping_steps=4), overwrite=True,
+    df2 = S.score_run(run2, cache, s.replace(mapping="encoder+iterative", mapping_steps=4), overwrite=True,
                       progress=False)
     assert df2["loss"].mean() < df["loss"].mean()  # the search improves on E(x)
-    assert len(pd.read_csv(run / "score" / "mapping_history.csv")) == 5
+    assert len(S.load_mapping_history(run)) == 5
 
 
 def test_score_run_needs_training(tmp_path):
@@ -272,6 +320,8 @@ def test_score_run_needs_training(tmp_path):
     run.claim("prep", {"tiny": True})
     run.mark_done("prep")
     with pytest.raises(RunFolderError, match="train"):
-        S.score_run(run, cache, cfg_for(), progress=False)
+        S.score_run(run, cache, score_for(), progress=False)
     with pytest.raises(ValueError):
-        S.score_run(run, cache, cfg_for(mapping="magic"), progress=False)
+        score_for(mapping="magic")
+    with pytest.raises(TypeError, match="ScoreSettings"):
+        S.score_run(run, cache, settings_for(), progress=False)  # the bundle, not its .score

@@ -7,17 +7,22 @@ import pandas as pd
 import pytest
 
 from glio_kit.config import get_config
+from glio_kit.figures import residuals as figures
 from glio_kit.preprocess import prepare
 from glio_kit.residuals import residual_map
 from glio_kit.runtime import RunDir
 from glio_kit import widgets
 
+MAPS = dict(median_filter=0, erode=0)  # the residual maps' settings of the stand-in scoring
+
 
 @pytest.fixture
 def scored_run(tmp_path, tiny_cohort):
-    """A prepared run with a stand-in scoring output: G(z) = the input with lesions removed."""
+    """A prepared run with a stand-in scoring output: G(z) = the input with lesions removed,
+    recorded as a done ``score`` step with :data:`MAPS`."""
     run = RunDir(tmp_path / "run")
-    cache = prepare(run, get_config("smoke", n_slices=3), tiny_cohort, progress=False)
+    s = get_config("smoke", n_slices=3, **MAPS)
+    cache = prepare(run, s.prep, tiny_cohort, progress=False)
     rows = np.concatenate([cache.rows(split="val"), cache.rows(split="test")])
     x = np.asarray(cache.images[rows])
     les, brain = np.asarray(cache.lesion[rows]), np.asarray(cache.brain[rows])
@@ -27,12 +32,16 @@ def scored_run(tmp_path, tiny_cohort):
     np.save(sdir / "recon.npy", gz)
     np.save(sdir / "residual_abs.npy", residual_map(x, gz, brain, kind="absolute", median=0, erode=0))
     np.save(sdir / "residual_pos.npy", residual_map(x, gz, brain, kind="positive", median=0, erode=0))
+    run.claim("score", s.score.identity(), settings=s.score.as_dict())
+    run.mark_done("score")
     idx = cache.index.iloc[rows]
     A = np.abs(x - gz).mean(axis=(1, 2))
-    sl = pd.DataFrame(dict(row=rows, k=np.arange(len(rows)), subject=idx.subject.values, label=idx.label.values,
-                           split=idx.split.values, slice_index=idx.slice_index.values, R=A, D=A, A_raw=A, A=A))
+    sl = pd.DataFrame(dict(row=rows, k=np.arange(len(rows)), subject=idx.subject.values,
+                           label=idx.label.values, split=idx.split.values, slice_index=idx.slice_index.values,
+                           R=A, D=A, A_raw=A, A=A))
     sl.to_csv(sdir / "slice_scores.csv", index=False)
-    su = sl.groupby("subject").agg(label=("label", "first"), split=("split", "first"), score=("A", "mean")).reset_index()
+    su = sl.groupby("subject").agg(label=("label", "first"), split=("split", "first"),
+                                   score=("A", "mean")).reset_index()
     su.to_csv(sdir / "subject_scores.csv", index=False)
     return run
 
@@ -88,8 +97,30 @@ def test_callback_errors_are_shown(scored_run, monkeypatch):
     assert "residual file unreadable" in state.error
 
 
+def test_viewer_reads_the_recorded_settings(scored_run):
+    """The viewer shows the saved maps of the recorded residual_kind unless told otherwise."""
+    v = widgets.ResidualViewer(scored_run)
+    assert v.settings.median_filter == MAPS["median_filter"] and v.settings.erode == MAPS["erode"]
+    tumour = v.subjects()[0]
+    pos = v.default_slice(tumour)
+    k = int(v.slices_of(tumour).iloc[pos].k)
+    recorded = v.settings.residual_kind
+    other = "absolute" if recorded == "positive" else "positive"
+    assert np.array_equal(v.panels(tumour, pos)["residual"], v.residual[recorded][k])
+    assert np.array_equal(v.panels(tumour, pos, other)["residual"], v.residual[other][k])
+    assert v.display_max(recorded) > 0
+
+
 def test_paper_figures_4_and_5(scored_run):
     v = widgets.ResidualViewer(scored_run)
     for s in (v.subjects()[0], v.subjects()[-1]):
-        fig = widgets.figure_input_generated_difference(v, s, n=3)
+        fig = figures.figure_input_generated_difference(v, s, n=3)
         assert len(fig.axes) == 9
+
+
+def test_misclassified_figure(scored_run):
+    v = widgets.ResidualViewer(scored_run)
+    wrong = pd.DataFrame(dict(subject=v.subjects()[:2], error=["FN", "FP"], score=[0.4, 0.6],
+                              has_wmh=[False, True]))
+    fig = figures.plot_misclassified(v, wrong)
+    assert len(fig.axes) == 6
