@@ -3,9 +3,10 @@
 Same cached slices, same model, same batch size, same device and precision. The kit's side
 is the whole ``train_dcgan`` call (step record, data placement, loss logging, progress
 accounting, a sample grid and a checkpoint every epoch); the bare side is PyTorch's DCGAN
-loop over plain tensors with nothing else. Each side is warmed up with one epoch first, then
-timed for ``--epochs`` epochs, ``--repeats`` times alternating (the best of each is kept,
-which damps noise from other processes). The last line is the ratio of images per second,
+loop over plain tensors with nothing else. Both make the same update,
+``glio_kit.train.dcgan_step``. Each side is warmed up with one epoch first, then timed for
+``--epochs`` epochs, ``--repeats`` times alternating (the best of each is kept, which damps
+noise from other processes). The last line is the ratio of images per second,
 kit / bare (target: at least 0.9).
 
     python benchmarks/train_throughput.py [--run-dir RUN] [--image-size 64] [--ngf 32]
@@ -31,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.config import get_config  # noqa: E402
+from glio_kit.config import TrainSettings, get_config, image_hw  # noqa: E402
+from glio_kit.model import build_models  # noqa: E402
 from glio_kit.preprocess import SliceCache  # noqa: E402
 from glio_kit.runtime import RunDir, choose_device, seed_everything  # noqa: E402
-from glio_kit.train import build_models, train_dcgan  # noqa: E402
+from glio_kit.train import dcgan_step, precision, train_dcgan  # noqa: E402
 
 
 def synthetic_cache(folder: Path, n: int, hw, seed: int = 0) -> SliceCache:
@@ -58,10 +59,10 @@ def synthetic_cache(folder: Path, n: int, hw, seed: int = 0) -> SliceCache:
         brain[i] = m
     images.flush(), brain.flush()
     per = 16
-    pd.DataFrame(dict(row=np.arange(n), subject=[f"B{i // per:03d}" for i in range(n)], label=0, split="train",
-                      slice_index=np.arange(n) % per, slice_pos=np.arange(n) % per, lesion_pixels=0,
-                      brain_pixels=brain.reshape(n, -1).sum(1), image="", mask="")).to_csv(folder / "index.csv",
-                                                                                           index=False)
+    index = pd.DataFrame(dict(row=np.arange(n), subject=[f"B{i // per:03d}" for i in range(n)], label=0,
+                              split="train", slice_index=np.arange(n) % per, slice_pos=np.arange(n) % per,
+                              lesion_pixels=0, brain_pixels=brain.reshape(n, -1).sum(1), image="", mask=""))
+    index.to_csv(folder / "index.csv", index=False)
     (folder / "prep.json").write_text(json.dumps(dict(image_size=[h, w], synthetic_benchmark=True)) + "\n")
     del images, brain
     return SliceCache(folder)
@@ -74,22 +75,18 @@ def prepared_run(path: Path) -> RunDir:
     return run
 
 
-def bare_loop(cache: SliceCache, cfg: dict, epochs: int, device: torch.device) -> tuple[int, float]:
-    """PyTorch's DCGAN loop with the same model and precision; returns (images, seconds)."""
+def bare_loop(cache: SliceCache, s: TrainSettings, epochs: int, device: torch.device) -> tuple[int, float]:
+    """PyTorch's DCGAN loop with the same model, update and precision; returns (images, seconds)."""
     rows = cache.rows(split="train")
     data = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None].to(device)
-    params = dict(latent_dim=cfg["latent_dim"], ngf=cfg["ngf"], ndf=cfg["ndf"], image_size=list(cache.image_size))
-    seed_everything(cfg["seed"])
-    use_amp = bool(cfg["amp"]) and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    mf = torch.channels_last if use_amp else torch.contiguous_format
-    G, D = build_models(params)
-    G.to(device, memory_format=mf), D.to(device, memory_format=mf)
-    optG = torch.optim.Adam(G.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]))
-    optD = torch.optim.Adam(D.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
-    criterion = nn.BCEWithLogitsLoss()
-    bs, n = cfg["batch_size"], len(rows)
+    seed_everything(s.seed)
+    prec = precision(s.amp, device)
+    G, D = build_models(s.latent_dim, s.ngf, s.ndf, cache.image_size)
+    G.to(device, memory_format=prec.memory_format), D.to(device, memory_format=prec.memory_format)
+    optG = torch.optim.Adam(G.parameters(), lr=s.lr, betas=(s.beta1, s.beta2))
+    optD = torch.optim.Adam(D.parameters(), lr=s.lr, betas=(s.beta1, s.beta2))
+    scaler = prec.scaler()
+    bs, n = s.batch_size, len(rows)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -103,20 +100,8 @@ def bare_loop(cache: SliceCache, cfg: dict, epochs: int, device: torch.device) -
                 if b == 1:
                     continue
                 real = data[idx]
-                z = torch.randn(b, cfg["latent_dim"], 1, 1, device=device)
-                with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-                    fake = G(z)
-                    loss_d = criterion(D(real), torch.ones(b, device=device)) + \
-                        criterion(D(fake.detach()), torch.zeros(b, device=device))
-                optD.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward()
-                scaler.step(optD)
-                with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-                    loss_g = criterion(D(fake), torch.ones(b, device=device))
-                optG.zero_grad(set_to_none=True)
-                scaler.scale(loss_g).backward()
-                scaler.step(optG)
-                scaler.update()
+                z = torch.randn(b, s.latent_dim, 1, 1, device=device)
+                dcgan_step(G, D, optG, optD, real, z, scaler=scaler, autocast=prec.autocast)
                 seen += b
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -128,15 +113,15 @@ def bare_loop(cache: SliceCache, cfg: dict, epochs: int, device: torch.device) -
     return seen, time.perf_counter() - t0
 
 
-def kit_run(cache: SliceCache, cfg: dict, epochs: int, folder: Path) -> tuple[int, float]:
+def kit_run(cache: SliceCache, s: TrainSettings, epochs: int, folder: Path) -> tuple[int, float]:
     """The whole ``train_dcgan`` call in a fresh run folder; returns (images, seconds)."""
     run = prepared_run(folder)
     t0 = time.perf_counter()
-    res = train_dcgan(run, cache, dict(cfg, epochs=epochs), progress=False)
+    res = train_dcgan(run, cache, s.replace(epochs=epochs), progress=False)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    n, bs = res["n_train"], cfg["batch_size"]
+    n, bs = res["n_train"], s.batch_size
     return epochs * (n - (1 if n % bs == 1 and n > 1 else 0)), seconds
 
 
@@ -157,29 +142,28 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from glio_kit.config import image_hw
-
     device = choose_device(a.device)
-    cfg = get_config("demo", ngf=a.ngf, ndf=a.ndf or a.ngf, batch_size=a.batch_size, device=str(device),
-                     amp=not a.no_amp)
+    s = get_config("demo", ngf=a.ngf, ndf=a.ndf or a.ngf, batch_size=a.batch_size, device=str(device),
+                   amp=not a.no_amp).train
     with tempfile.TemporaryDirectory(prefix="glio-bench-") as tmp:
         tmp = Path(tmp)
         if a.run_dir:
             cache = SliceCache(Path(a.run_dir) / "cache")
         else:
-            cache = synthetic_cache(tmp / "cache", a.n_train, image_hw(a.image_size), cfg["seed"])
+            cache = synthetic_cache(tmp / "cache", a.n_train, image_hw(a.image_size), s.seed)
         n = len(cache.rows(split="train"))
         print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-              f"{n} train slices {cache.image_size[0]}x{cache.image_size[1]} | ngf {cfg['ngf']} ndf {cfg['ndf']} | "
-              f"batch {cfg['batch_size']} | {a.epochs} epochs x {a.repeats} | amp {cfg['amp'] and device.type == 'cuda'}")
-        kit_run(cache, cfg, 1, tmp / "warm")  # warm-up: kernels, allocator, lazy imports
+              f"{n} train slices {cache.image_size[0]}x{cache.image_size[1]} | ngf {s.ngf} ndf {s.ndf} | "
+              f"batch {s.batch_size} | {a.epochs} epochs x {a.repeats} | "
+              f"amp {s.amp and device.type == 'cuda'}")
+        kit_run(cache, s, 1, tmp / "warm")  # warm-up: kernels, allocator, lazy imports
         kit, bare = [], []
         for r in range(a.repeats):
-            imgs, sec = kit_run(cache, cfg, a.epochs, tmp / f"kit{r}")
+            imgs, sec = kit_run(cache, s, a.epochs, tmp / f"kit{r}")
             kit.append(imgs / sec)
-            print(f"  repeat {r + 1}: kit  {imgs / sec:8.1f} images/s ({imgs} images, {sec:.2f} s, incl. setup, "
-                  f"samples and checkpoints)")
-            imgs, sec = bare_loop(cache, cfg, a.epochs, device)
+            print(f"  repeat {r + 1}: kit  {imgs / sec:8.1f} images/s ({imgs} images, {sec:.2f} s, "
+                  f"incl. setup, samples and checkpoints)")
+            imgs, sec = bare_loop(cache, s, a.epochs, device)
             bare.append(imgs / sec)
             print(f"  repeat {r + 1}: bare {imgs / sec:8.1f} images/s ({imgs} images, {sec:.2f} s)")
     print(f"kit  {max(kit):.1f} images/s (best of {a.repeats})")

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Generator", "Discriminator", "weights_init", "model_summary", "stack_geometry",
-           "MAX_MULT", "BACKGROUND"]
+__all__ = ["Generator", "Discriminator", "weights_init", "build_models", "model_summary", "stack_geometry",
+           "strided_conv_stack", "fit_input", "MAX_MULT", "BACKGROUND"]
 
 #: Cap on the channel multiplier (DCGAN's 64x64 model uses 8 at its deep end).
 MAX_MULT = 8
@@ -87,7 +87,8 @@ class Generator(nn.Module):
         ]
         for c_in, c_out in zip(chans[:-1], chans[1:]):
             # state size c_in x h x w -> c_out x 2h x 2w
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(True)]
         # last doubling to one channel, tanh: 1 x (base_h * 2**k) x (base_w * 2**k)
         layers += [nn.ConvTranspose2d(chans[-1], 1, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
@@ -127,7 +128,8 @@ def fit_input(x: torch.Tensor, image_size, pad, who: str) -> torch.Tensor:
     if x.dim() == 3:
         x = x[:, None]
     if tuple(x.shape[-2:]) != tuple(image_size) or x.shape[1] != 1:
-        raise ValueError(f"{who} built for (N, 1, {image_size[0]}, {image_size[1]}) images, got {tuple(x.shape)}")
+        raise ValueError(f"{who} built for (N, 1, {image_size[0]}, {image_size[1]}) images, "
+                         f"got {tuple(x.shape)}")
     if any(pad):
         x = F.pad(x, pad, value=BACKGROUND)
     return x
@@ -171,6 +173,20 @@ def weights_init(m: nn.Module) -> None:
     elif name.find("BatchNorm") != -1:
         nn.init.normal_(m.weight.data, 1.0, 0.02)
         nn.init.constant_(m.bias.data, 0)
+
+
+def build_models(latent_dim: int, ngf: int, ndf: int, image_size) -> tuple[Generator, Discriminator]:
+    """Generator and discriminator for ``image_size`` (int or (H, W)), DCGAN-initialised, on the CPU.
+
+    The weights come from the global torch RNG (seed it first; :func:`~glio_kit.runtime.seed_everything`),
+    always drawn on the CPU, so the same seed gives the same initial weights on every device;
+    move the models afterwards.
+    """
+    G = Generator(latent_dim, ngf, image_size)
+    D = Discriminator(ndf, image_size)
+    G.apply(weights_init)
+    D.apply(weights_init)
+    return G, D
 
 
 def _n_params(m: nn.Module) -> int:

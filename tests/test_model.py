@@ -5,10 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from glio_kit.model import (Discriminator, Generator, model_summary, stack_geometry, weights_init)
+from glio_kit.model import Discriminator, Generator, build_models, model_summary, stack_geometry, weights_init
 
-
-
+CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 SIZES = [((32, 32), 16), ((64, 64), 16), ((128, 128), 8), ((448, 364), 4)]  # (H, W), width
 
 
@@ -43,7 +42,7 @@ def test_geometry_examples():
 
 def test_channel_cap_keeps_paper_size_reasonable():
     G, D = Generator(100, 64, (448, 364)), Discriminator(64, (448, 364))
-    convs = [m for m in list(G.modules()) + list(D.modules()) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    convs = [m for m in list(G.modules()) + list(D.modules()) if isinstance(m, CONVS)]
     assert max(max(m.in_channels, m.out_channels) for m in convs) <= 8 * 64
     s = model_summary(G, D)
     assert s["g_output"] == [1, 1, 448, 364] and s["stack_size"] == [448, 384]
@@ -61,8 +60,10 @@ def test_dcgan_layout_at_64():
     assert not isinstance(D.blocks[1], nn.BatchNorm2d)  # no BatchNorm after the first conv
     assert isinstance(D.blocks[3], nn.BatchNorm2d)
     # the example's netG / netD with nc=1: conv weights (k=4) + BatchNorm weight and bias
-    assert sum(p.numel() for p in G.parameters()) == 16 * (100 * 512 + 512 * 256 + 256 * 128 + 128 * 64 + 64) + 2 * 960
-    assert sum(p.numel() for p in D.parameters()) == 16 * (64 + 64 * 128 + 128 * 256 + 256 * 512 + 512) + 2 * 896
+    n_g = 16 * (100 * 512 + 512 * 256 + 256 * 128 + 128 * 64 + 64) + 2 * 960
+    n_d = 16 * (64 + 64 * 128 + 128 * 256 + 256 * 512 + 512) + 2 * 896
+    assert sum(p.numel() for p in G.parameters()) == n_g
+    assert sum(p.numel() for p in D.parameters()) == n_d
 
 
 def test_discriminator_pads_with_background():
@@ -90,7 +91,7 @@ def test_weights_init_statistics():
     G, D = Generator(100, 64, 64), Discriminator(64, 64)
     G.apply(weights_init), D.apply(weights_init)
     for net in (G, D):
-        conv = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+        conv = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, CONVS)])
         bn_w = torch.cat([m.weight for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
         bn_b = torch.cat([m.bias for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
         assert abs(conv.mean().item()) < 1e-3 and abs(conv.std().item() - 0.02) < 1e-3
@@ -105,3 +106,17 @@ def test_summary_leaves_models_as_they_were():
     s = model_summary(G, D, (32, 32))
     assert G.training and D.training and torch.equal(bn.running_mean, before)
     assert s["g_output"] == [1, 1, 32, 32] and s["d_features"] == [1, 32, 4, 4] and s["latent_dim"] == 16
+
+
+def test_build_models_is_seeded_and_dcgan_initialised():
+    """build_models = Generator, Discriminator, then weights_init on each, from the global RNG."""
+    torch.manual_seed(3)
+    G, D = build_models(16, 8, 4, (16, 12))
+    torch.manual_seed(3)
+    G2, D2 = Generator(16, 8, (16, 12)), Discriminator(4, (16, 12))
+    G2.apply(weights_init), D2.apply(weights_init)
+    for a, b in ((G, G2), (D, D2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert G.latent_dim == 16 and G.ngf == 8 and D.ndf == 4 and G.image_size == D.image_size == (16, 12)
+    assert all(p.device.type == "cpu" for p in list(G.parameters()) + list(D.parameters()))
