@@ -27,7 +27,8 @@ from glio_kit.runtime import RunDir
 args = json.loads(sys.argv[1])
 cfg = get_config("demo", image_size=args["image_size"], n_slices=16)
 cache = prepare(RunDir(args["run"]), cfg, args["cohort"], progress=False)
-print(json.dumps({"slices": len(cache), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"slices": len(cache),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -77,8 +78,10 @@ def main() -> None:
         b = measure(big, tmp / "run_big", args.image_size)
     n_small, n_big = n_tr + 2, args.factor * (n_tr + 2)
     print(f"voxel size {args.voxel_size} mm, image size {args.image_size}")
-    print(f"{n_small:4d} subjects: {a['slices']:5d} slices, peak RSS {a['peak_rss_mb']:.0f} MB, {a['seconds']} s")
-    print(f"{n_big:4d} subjects: {b['slices']:5d} slices, peak RSS {b['peak_rss_mb']:.0f} MB, {b['seconds']} s")
+    print(f"{n_small:4d} subjects: {a['slices']:5d} slices, "
+          f"peak RSS {a['peak_rss_mb']:.0f} MB, {a['seconds']} s")
+    print(f"{n_big:4d} subjects: {b['slices']:5d} slices, "
+          f"peak RSS {b['peak_rss_mb']:.0f} MB, {b['seconds']} s")
     print(f"ratio peak RSS {n_big}/{n_small} subjects = {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
 
 

@@ -23,8 +23,8 @@ over ``epochs`` trains one per value.
 Resumable: a run whose metrics step is done and whose ``metrics.json`` exists is skipped
 (``--force`` redoes everything). A failing run is reported as failed in the summary, with the
 first line of its error (the traceback goes to ``<out>/errors/<run>.txt``; the executed
-notebook in ``<run>/notebooks/`` shows the failing cell), and the other runs go on. At the end the batch folder holds
-``summary.csv``, ``summary.md`` and ``summary.png``.
+notebook in ``<run>/notebooks/`` shows the failing cell), and the other runs go on. At the
+end the batch folder holds ``summary.csv``, ``summary.md`` and ``summary.png``.
 
 Hard links share file contents: later steps must write their own files (``score/`` …),
 never rewrite files of the prep and train steps in place, or they would change them for
@@ -237,7 +237,8 @@ def prepare_synthetic_cohorts(runs: list[dict], profile: str, say=print) -> int:
         if any(p.get(k) for k in COHORT_KEYS):
             continue
         prep = get_config(profile, **{k: v for k, v in p.items() if k in PrepSettings.knobs()}).prep
-        key = tuple(sorted((k, str(v)) for k, v in prep.identity().items() if k == "seed" or k.startswith("synth_")))
+        key = tuple(sorted((k, str(v)) for k, v in prep.identity().items()
+                           if k == "seed" or k.startswith("synth_")))
         if key in done:
             continue
         say(f"[batch] synthetic cohort for {profile}, seed {prep.seed} (once, before the runs)")
@@ -249,7 +250,8 @@ def prepare_synthetic_cohorts(runs: list[dict], profile: str, say=print) -> int:
 def _default_executor(run_dir, profile, params, notebooks=None, force=False):
     from .runner import run_chain
 
-    return run_chain(run_dir, profile, params, notebooks=notebooks, force=force, log_output=False, progress=False)
+    return run_chain(run_dir, profile, params, notebooks=notebooks, force=force,
+                     log_output=False, progress=False)
 
 
 def _job(executor, run_dir, profile, params, notebooks, force):
@@ -309,7 +311,8 @@ class _Plan:
     """What a batch will run: the grid's runs, their folders, and which share a prefix."""
 
     def __init__(self, spec: dict, declared: dict, runs: list[dict], out: Path):
-        self.profile, self.spec, self.declared, self.runs, self.out = spec["profile"], spec, declared, runs, out
+        self.profile, self.spec, self.declared, self.runs, self.out = (spec["profile"], spec, declared,
+                                                                        runs, out)
         self.notebooks = list(declared)  # in chain order (dict order)
         self.prefix_nbs = [nb for nb in self.notebooks if nb in PREFIX_NOTEBOOKS]
         self.later_nbs = [nb for nb in self.notebooks if nb not in PREFIX_NOTEBOOKS]
@@ -360,7 +363,8 @@ def _execute(plan: _Plan, pending: list[str], status: dict, ex, executor, force:
 
     for key, names in needed.items():
         say(f"[batch] shared prefix {SHARED_DIR}/{key} ({', '.join(plan.prefix_nbs)}) for {', '.join(names)}")
-        submit(plan.out / SHARED_DIR / key, plan.by_name[names[0]]["params"], plan.prefix_nbs, ("prefix", key))
+        submit(plan.out / SHARED_DIR / key, plan.by_name[names[0]]["params"], plan.prefix_nbs,
+               ("prefix", key))
     for name in pending:
         if name not in plan.group_of:
             say(f"[batch] {name}: {', '.join(plan.notebooks)}")

@@ -19,7 +19,8 @@ def value_str(v) -> str:
 def error_line(err: BaseException) -> str:
     """First informative line of an error (papermill's: ``ename: evalue``)."""
     if getattr(err, "ename", None):
-        return f"{err.ename}: {str(getattr(err, 'evalue', '')).splitlines()[0] if getattr(err, 'evalue', '') else ''}"
+        return (f"{err.ename}: "
+                f"{str(getattr(err, 'evalue', '')).splitlines()[0] if getattr(err, 'evalue', '') else ''}")
     for line in str(err).splitlines():
         if line.strip() and set(line.strip()) != {"-"}:
             return f"{type(err).__name__}: {line.strip()}"
@@ -37,7 +38,8 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
     rows = []
     for r in runs:
         st = status.get(r["name"], dict(status="not run", seconds=0.0, error=""))
-        row = dict(run=r["name"], **{k: value_str(r["point"].get(k, "")) if isinstance(r["point"].get(k), (list, tuple))
+        row = dict(run=r["name"], **{k: value_str(r["point"].get(k, ""))
+                                     if isinstance(r["point"].get(k), (list, tuple))
                                      else r["point"].get(k, "") for k in grid_names})
         m = {}
         mfile = out / r["name"] / "metrics.json"
@@ -72,16 +74,19 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
 
 def summary_markdown(table: pd.DataFrame, grid_names: list[str]) -> str:
     def f(v):
-        return "–" if v is None or (isinstance(v, float) and v != v) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+        return ("–" if v is None or (isinstance(v, float) and v != v)
+                else (f"{v:.3f}" if isinstance(v, float) else str(v)))
 
-    cols = ["run", *grid_names, "subject AUC (95% CI)", "accuracy (95% CI)", "precision", "recall", "pixel Dice",
-            "baseline AUC", "seconds", "status"]
+    cols = ["run", *grid_names, "subject AUC (95% CI)", "accuracy (95% CI)", "precision", "recall",
+            "pixel Dice", "baseline AUC", "seconds", "status"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         auc = f(r["subject_auc"]) + (f" ({f(r['subject_auc_lo'])}–{f(r['subject_auc_hi'])})"
-                                     if r["subject_auc_lo"] is not None and r["subject_auc_lo"] == r["subject_auc_lo"] else "")
+                                     if r["subject_auc_lo"] is not None
+                                     and r["subject_auc_lo"] == r["subject_auc_lo"] else "")
         acc = f(r["accuracy"]) + (f" ({f(r['accuracy_lo'])}–{f(r['accuracy_hi'])})"
-                                  if r["accuracy_lo"] is not None and r["accuracy_lo"] == r["accuracy_lo"] else "")
+                                  if r["accuracy_lo"] is not None
+                                  and r["accuracy_lo"] == r["accuracy_lo"] else "")
         status = r["status"] + (f": {r['error']}" if r["error"] else "")
         vals = [r["run"], *[f(r[g]) for g in grid_names], auc, acc, f(r["precision"]), f(r["recall"]),
                 f(r["pixel_dice"]), f(r["baseline_auc"]), f(float(r["seconds"])), status.replace("|", "/")]

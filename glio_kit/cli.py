@@ -68,13 +68,15 @@ def cmd_batch(args) -> int:
     table = run_batch(args.grid, workers=args.workers, force=args.force)
     failed = table[~table["status"].isin(["ok", "done earlier"])] if "status" in table else table.iloc[:0]
     if len(failed):
-        print(f"glio-kit: {len(failed)} of {len(table)} runs did not finish; see the summary", file=sys.stderr)
+        print(f"glio-kit: {len(failed)} of {len(table)} runs did not finish; see the summary",
+              file=sys.stderr)
         return 1
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glio-kit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="glio-kit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"glio-kit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -82,13 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a synthetic T2 cohort built from the MNI ICBM152 2009a templates: "
                                    "healthy subjects in the IXI layout, tumour subjects in the BraTS layout.")
     s.add_argument("out", help="output folder (must be new, empty, or an identical earlier cohort)")
-    s.add_argument("--profile", default="demo", choices=sorted(PROFILES), help="default sizes (default: demo)")
+    s.add_argument("--profile", default="demo", choices=sorted(PROFILES),
+                   help="default sizes (default: demo)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--n-train-healthy", type=int)
     s.add_argument("--n-test-healthy", type=int)
     s.add_argument("--n-test-tumor", type=int)
     s.add_argument("--voxel-size", type=float, help="mm (templates are 1 mm)")
-    s.add_argument("--wmh-fraction", type=float, help="share of healthy test subjects with white-matter hyperintensities")
+    s.add_argument("--wmh-fraction", type=float,
+                   help="share of healthy test subjects with white-matter hyperintensities")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic cohort in OUT")
     s.set_defaults(func=cmd_synth)
 

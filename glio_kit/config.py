@@ -123,12 +123,13 @@ class PrepSettings(StepSettings):
     synth_test_tumor: int = knob(27, "synthetic cohort: tumour test subjects (paper: 27)")
     synth_voxel_size: float = knob(2.0, "synthetic cohort: voxel size in mm (the templates are 1 mm)")
     synth_wmh_fraction: float = knob(0.3, "synthetic cohort: share of healthy test subjects with "
-                                          "white-matter hyperintensities")
+                                          "WM hyperintensities")
     normalisation: str = knob("sd", "sd (paper: I / SD(I)) | zscore | percentile")
     image_size: tuple = knob((64, 64), "int (square) or [height, width]; paper: [448, 364]")
     slab: tuple = knob((0.40, 0.70), "axial slab as fractions of the brain's inferior-superior extent")
     n_slices: int = knob(16, "axial slices per subject taken from the slab")
-    val_fraction: float = knob(0.2, "share of healthy training subjects held out for calibration and thresholds")
+    val_fraction: float = knob(0.2, "share of healthy training subjects held out for calibration "
+                                    "and thresholds")
 
     def check(self) -> None:
         object.__setattr__(self, "image_size", tuple(image_hw(self.image_size)))
@@ -209,8 +210,8 @@ class ScoreSettings(StepSettings):
 class ViewSettings(StepSettings):
     """Step 04: what the residual figures and the browser show (no effect on any result)."""
 
-    subject_healthy: str = knob("", "Figure 4 subject (empty: the healthy test subject with the median score)",
-                                result=False)
+    subject_healthy: str = knob("", "Figure 4 subject (empty: the healthy test subject with the "
+                                    "median score)", result=False)
     subject_tumor: str = knob("", "Figure 5 subject (empty: the tumour test subject with the median score)",
                               result=False)
     n_figure_slices: int = knob(4, "slices shown in Figures 4 and 5", result=False)
@@ -220,7 +221,8 @@ class ViewSettings(StepSettings):
 class EvaluateSettings(StepSettings):
     """Step 05: thresholds from healthy validation data, metrics, baseline."""
 
-    fpr_target: float = knob(0.05, "subject threshold: at most this share of healthy validation subjects flagged")
+    fpr_target: float = knob(0.05, "subject threshold: at most this share of healthy validation "
+                                   "subjects flagged")
     pixel_percentile: float = knob(99.0, "pixel threshold: this percentile of healthy validation residuals")
     n_bootstrap: int = knob(1000, "bootstrap resamples of the 95% confidence intervals")
 

@@ -80,7 +80,8 @@ def setup(step_name: str, namespace: dict):
     st = get_step(step_name)
     knobs = {k: namespace[k] for k in st.settings.knobs() if k in namespace}
     settings = get_config(namespace.get("profile") or None, **knobs).step(step_name)
-    run_dir = namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR") or default_run_dir(settings.profile)
+    run_dir = (namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR")
+               or default_run_dir(settings.profile))
     run = RunDir(run_dir)
     header(st.notebook, settings)
     print(f"run folder: {run.path}")

@@ -183,7 +183,8 @@ def assign_splits(train_healthy: list[Subject], test_healthy: list[Subject], tes
     order = rng.permutation(len(train_healthy))
     n_val = min(max(1, int(round(val_fraction * len(train_healthy)))), len(train_healthy) - 1)
     val = set(order[:n_val].tolist())
-    out = [Subject(s.subject, s.image, s.mask, 0, "val" if i in val else "train") for i, s in enumerate(train_healthy)]
+    out = [Subject(s.subject, s.image, s.mask, 0, "val" if i in val else "train")
+           for i, s in enumerate(train_healthy)]
     out += [Subject(s.subject, s.image, s.mask, 0, "test") for s in test_healthy]
     out += [Subject(s.subject, s.image, s.mask, 1, "test") for s in test_tumor]
     ids = [s.subject for s in out]
@@ -213,7 +214,8 @@ class SliceCache:
         self.folder = Path(folder)
         missing = [f for f in self.FILES if not (self.folder / f).exists()]
         if missing:
-            raise InputError(self.folder, f"not a complete slice cache (missing {missing}); run notebook 01 first")
+            raise InputError(self.folder,
+                             f"not a complete slice cache (missing {missing}); run notebook 01 first")
         self.index = pd.read_csv(self.folder / "index.csv", dtype={"subject": str})
         self.images = np.load(self.folder / "images.npy", mmap_mode="r")
         self.brain = np.load(self.folder / "brain.npy", mmap_mode="r")
@@ -281,7 +283,8 @@ def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progres
             for j, z in enumerate(out["slice_index"]):
                 rows.append(dict(row=len(rows), subject=subj.subject, label=subj.label, split=subj.split,
                                  slice_index=int(z), slice_pos=j,
-                                 lesion_pixels=int(out["lesion"][j].sum()), brain_pixels=int(out["brain"][j].sum()),
+                                 lesion_pixels=int(out["lesion"][j].sum()),
+                                 brain_pixels=int(out["brain"][j].sum()),
                                  image=str(subj.image), mask=str(subj.mask or "")))
     finally:
         for f in files.values():
@@ -326,7 +329,8 @@ def resolve_cohort(settings: PrepSettings, train_healthy_dir: str = "", test_hea
                 test_tumor=str(paths["test_tumor"]), synthetic=True)
 
 
-def prepare(run, settings: PrepSettings, cohort: dict, overwrite: bool = False, progress: bool = True) -> SliceCache:
+def prepare(run, settings: PrepSettings, cohort: dict, overwrite: bool = False,
+            progress: bool = True) -> SliceCache:
     """Step 01: discover the cohort, split it and build the slice cache in ``run/cache``.
 
     cohort : from :func:`resolve_cohort`. Reuses the cache when this run folder already

@@ -49,7 +49,8 @@ def choose_device(preference: str = "auto"):
     if preference and preference != "auto":
         dev = torch.device(preference)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device={preference!r} asked for but CUDA is not available; use 'auto' or 'cpu'")
+            raise RuntimeError(f"device={preference!r} asked for but CUDA is not available; "
+                               f"use 'auto' or 'cpu'")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -33,7 +33,8 @@ def ellipsoid_brain(shape=(24, 28, 22), seed=0, lesion=False):
 def save_nifti(path, data, affine=None, dtype=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.asarray(data if dtype is None else data.astype(dtype)), np.eye(4) if affine is None else affine)
+    img = nib.Nifti1Image(np.asarray(data if dtype is None else data.astype(dtype)),
+                          np.eye(4) if affine is None else affine)
     nib.save(img, str(path))
     return path
 

@@ -13,7 +13,8 @@ from glio_kit.steps import by_notebook
 
 COMMON = {"profile", "run_dir", "seed", "device", "overwrite"}
 DECLARED = {
-    "01_data_prep.ipynb": COMMON | {"train_healthy_dir", "test_healthy_dir", "test_tumor_dir", "image_size", "n_slices"},
+    "01_data_prep.ipynb": COMMON | {"train_healthy_dir", "test_healthy_dir", "test_tumor_dir",
+                                    "image_size", "n_slices"},
     "02_train_dcgan.ipynb": COMMON | {"epochs", "lr", "batch_size"},
     "03_scoring.ipynb": COMMON | {"lam", "mapping", "mapping_steps"},
     "04_residuals.ipynb": COMMON | {"median_filter"},
@@ -34,7 +35,8 @@ class FakeRunner:
         allowed = set().union(*[DECLARED[n] for n in nbs])
         assert set(params) <= allowed, f"undeclared parameters passed: {set(params) - allowed}"
         with self.lock:
-            self.calls.append(dict(run_dir=str(run_dir), notebooks=list(nbs), params=dict(params), force=force))
+            self.calls.append(dict(run_dir=str(run_dir), notebooks=list(nbs), params=dict(params),
+                                   force=force))
         run = RunDir(run_dir)
         for nb in nbs:
             step = by_notebook(nb).name
@@ -65,8 +67,8 @@ class FakeRunner:
 
 def write_grid(tmp_path, grid, base=None, profile="smoke"):
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(dict(profile=profile, out=str(tmp_path / "batch"), base=base or {"seed": 0},
-                                        grid=grid)))
+    path.write_text(yaml.safe_dump(dict(profile=profile, out=str(tmp_path / "batch"),
+                                        base=base or {"seed": 0}, grid=grid)))
     return path
 
 
@@ -126,7 +128,8 @@ def test_prefix_sharing_rules():
     a = {"seed": 0, "epochs": 1, "run_dir": "a"}
     assert B.prefix_key(a, DECLARED, "smoke") == B.prefix_key(dict(a, run_dir="b"), DECLARED, "smoke")
     assert B.prefix_key(a, DECLARED, "smoke") != B.prefix_key(a, DECLARED, "demo")
-    assert B.prefix_params(dict(a, lam=0.3), DECLARED, "smoke") == {"epochs": 1, "seed": 0, "profile": "smoke"}
+    assert (B.prefix_params(dict(a, lam=0.3), DECLARED, "smoke")
+            == {"epochs": 1, "seed": 0, "profile": "smoke"})
 
 
 # ---------------------------------------------------------------- running a batch

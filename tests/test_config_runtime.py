@@ -15,7 +15,8 @@ def test_profiles_and_overrides(monkeypatch):
     assert s.profile == "smoke" and s.prep.profile == "smoke" and s.prep.image_size == (32, 32)
     assert s.score.lam == 0.5 and s.train.epochs == 2  # None keeps the profile value
     paper = get_config("paper")
-    assert paper.prep.image_size == (448, 364) and paper.train.epochs == 150 and paper.score.mapping_steps == 500
+    assert (paper.prep.image_size == (448, 364) and paper.train.epochs == 150
+            and paper.score.mapping_steps == 500)
     assert paper.score.lam == 0.1
 
 
@@ -74,9 +75,12 @@ def test_later_step_invalidated_by_redone_earlier_step(tmp_path):
     run = RunDir(tmp_path / "run")
     with pytest.raises(RunFolderError, match="needs step 'prep'"):
         run.claim("train", {"epochs": 1}, after=("prep",))
-    run.claim("prep", {"a": 1}); run.mark_done("prep")
-    run.claim("train", {"epochs": 1}, after=("prep",)); run.mark_done("train")
-    run.claim("prep", {"a": 2}, overwrite=True); run.mark_done("prep")
+    run.claim("prep", {"a": 1})
+    run.mark_done("prep")
+    run.claim("train", {"epochs": 1}, after=("prep",))
+    run.mark_done("train")
+    run.claim("prep", {"a": 2}, overwrite=True)
+    run.mark_done("prep")
     with pytest.raises(RunFolderError, match="earlier step"):
         run.claim("train", {"epochs": 1}, after=("prep",))
 

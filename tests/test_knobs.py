@@ -17,10 +17,11 @@ from glio_kit.steps import STEPS
 #: A value for every knob, different from the smoke profile's, that the smoke chain can run with.
 VALUES = dict(
     seed=3, device="cpu",
-    synth_train_healthy=5, synth_test_healthy=3, synth_test_tumor=3, synth_voxel_size=5.0, synth_wmh_fraction=0.34,
+    synth_train_healthy=5, synth_test_healthy=3, synth_test_tumor=3, synth_voxel_size=5.0,
+    synth_wmh_fraction=0.34,
     normalisation="zscore", image_size=[32, 24], slab=[0.35, 0.65], n_slices=3, val_fraction=0.4,
     latent_dim=16, ngf=4, ndf=4, epochs=1, batch_size=4, lr=0.001, beta1=0.6, beta2=0.99, amp=False,
-    checkpoint_every=1, compare_paper_lr_epochs=0,
+    checkpoint_every=2, compare_paper_lr_epochs=0,
     mapping="encoder+iterative", mapping_steps=3, mapping_lr=0.02, mapping_batch_size=16, restarts=2, lam=0.3,
     encoder_epochs=2, encoder_lr=0.002, encoder_batch_size=4, kappa=0.5, subject_reduction="topk", topk=2,
     residual_kind="absolute", median_filter=0, erode=2,

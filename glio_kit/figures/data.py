@@ -44,12 +44,14 @@ def slice_montage(cache, n_subjects: int = 4, n_slices: int = 4, seed: int = 0):
     for r, (group, subject) in enumerate(rows):
         idx = cache.index.index[cache.index.subject == subject].to_numpy()
         # for tumour subjects, centre the columns on the slice with the most lesion
-        centre = idx[np.argmax(cache.index.lesion_pixels.to_numpy()[idx])] if group.startswith("tumour") else idx[len(idx) // 2]
+        centre = (idx[np.argmax(cache.index.lesion_pixels.to_numpy()[idx])] if group.startswith("tumour")
+                  else idx[len(idx) // 2])
         start = int(np.clip(centre - n_slices // 2, idx[0], max(idx[0], idx[-1] - n_slices + 1)))
         picks = np.minimum(start + np.arange(n_slices), idx[-1])
         for c, i in enumerate(picks):
             show_slice(axes[r, c], cache.images[i], cache.lesion[i],
-                       f"{subject} z={cache.index.slice_index[i]}" if c == 0 else f"z={cache.index.slice_index[i]}")
+                       f"{subject} z={cache.index.slice_index[i]}" if c == 0
+                       else f"z={cache.index.slice_index[i]}")
         axes[r, 0].set_ylabel(group, fontsize=8)
     fig.suptitle("Prepared axial T2 slices (generator range -1..1); red = tumour label", fontsize=10)
     fig.tight_layout()
@@ -87,6 +89,7 @@ def cohort_summary(cache) -> pd.DataFrame:
     subj["group"] = subj.split + np.where(subj.label == 1, " / tumour", " / healthy")
     tab = subj.groupby("group").agg(subjects=("subject", "size"), slices=("n_slices", "sum"),
                                     lesion_pixels_mean=("lesion_pixels", "mean"))
-    slices = cache.index.groupby(cache.index.split + np.where(cache.index.label == 1, " / tumour", " / healthy"))
+    slices = cache.index.groupby(cache.index.split
+                                 + np.where(cache.index.label == 1, " / tumour", " / healthy"))
     tab["slices_with_lesion"] = slices["lesion_pixels"].apply(lambda v: int((v > 0).sum()))
     return tab.round(1)
