@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     print(text)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(f"Command: python experiments/score_ablation.py {' '.join(str(r) for r in a.runs)}\n\n"
-                         + text + "\n")
+        command = "python experiments/score_ablation.py " + " ".join(str(r) for r in a.runs)
+        a.out.write_text(f"Command: {command}\n\n{text}\n")
     return 0
 
 
