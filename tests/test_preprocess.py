@@ -49,7 +49,7 @@ def test_axial_view_is_radiological():
 
 
 def _cfg(**kw):
-    return get_config("smoke", **kw)
+    return get_config("smoke", **kw).prep
 
 
 def test_prepare_builds_cache(tmp_path, tiny_cohort):
