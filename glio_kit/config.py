@@ -31,6 +31,7 @@ NORMALISATIONS = ("sd", "zscore", "percentile")
 MAPPINGS = ("iterative", "encoder", "encoder+iterative")
 REDUCTIONS = ("mean", "max", "topk")
 RESIDUAL_KINDS = ("positive", "absolute")
+SUBJECT_SCORES = ("paper", "residual_area", "lesion_load")
 
 
 def knob(default, help: str, result: bool = True):
@@ -225,8 +226,15 @@ class EvaluateSettings(StepSettings):
                                    "subjects flagged")
     pixel_percentile: float = knob(99.0, "pixel threshold: this percentile of healthy validation residuals")
     n_bootstrap: int = knob(1000, "bootstrap resamples of the 95% confidence intervals")
+    lesion_min_size: int = knob(5, "lesion load: components smaller than this many voxels count as none")
+    # chosen on development cohorts (other synthetic seeds), never on the demo's test subjects
+    recommended_score: str = knob("lesion_load",
+                                  "recommended subject score: paper | residual_area | lesion_load")
 
     def check(self) -> None:
+        _choice("recommended_score", self.recommended_score, SUBJECT_SCORES)
+        if self.lesion_min_size < 1:
+            raise ValueError(f"lesion_min_size must be at least 1, got {self.lesion_min_size}")
         if not 0 <= self.fpr_target <= 1 or not 0 < self.pixel_percentile <= 100:
             raise ValueError(f"fpr_target must be in [0, 1] and pixel_percentile in (0, 100], "
                              f"got {self.fpr_target}, {self.pixel_percentile}")

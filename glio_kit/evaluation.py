@@ -12,7 +12,15 @@ bootstrap 95% CIs:
 * **dcgan**: the paper's subject score (mean of slice anomaly scores A);
 * **residual_area** (beyond the paper): the saved residual maps scored by the baseline's
   rule (:func:`~glio_kit.baseline.area_detector`);
+* **lesion_load** (beyond the paper): the largest 3-D connected component of the thresholded
+  residual across a subject's slices (:mod:`glio_kit.lesion_load`);
 * **baseline**: the intensity baseline (:func:`~glio_kit.baseline.intensity_baseline`).
+
+``recommended`` repeats the block of the score ``recommended_score`` names (chosen on
+development cohorts, never on the demo's test subjects). ``site_shift`` is a control: the
+AUC of tumour subjects' lesion-free slices against healthy test slices (0.5 = the detector
+does not tell the two groups apart where there is no lesion; far from 0.5 = it finds the
+scanner, the site or the group, not the tumour).
 
 When the test tumour slices have lesion masks, the residual maps and the baseline's map are
 also scored pixel by pixel (Dice, AUPRC, AUROC, and the test-tuned Dice upper bound).
@@ -27,10 +35,11 @@ import numpy as np
 import pandas as pd
 
 from .baseline import area_detector, intensity_baseline, intensity_map
+from .lesion_load import lesion_load_scores
 from .config import EvaluateSettings, ScoreSettings
 from .errors import GlioKitError
 from .metrics import (METRIC_NAMES, best_dice_upper_bound, bootstrap_ci, pixel_metrics,
-                      pixel_threshold_from_healthy, subject_metrics, threshold_at_fpr)
+                      pixel_threshold_from_healthy, roc, subject_metrics, threshold_at_fpr)
 from .paper import PAPER, paper_block, paper_consistency
 from .preprocess import SliceCache
 from .residuals import eroded_brain
@@ -69,14 +78,23 @@ def evaluate_run(run, settings: EvaluateSettings, overwrite: bool = False) -> di
     result.update(detection_block(subj, settings))
     baseline = _baseline(run, cache, slices, score.erode, settings)
     residual_area = _residual_area(run, cache, slices, maps, score, settings)
+    lesion_load = _lesion_load(run, cache, slices, maps, score, settings)
+    detectors = dict(paper=result, residual_area=residual_area, lesion_load=lesion_load)
+    _write_subjects_csv(run, subj, residual_area["subject_scores"], lesion_load["subject_scores"])
     has_masks = _test_tumours_have_masks(cache, slices)
     result["has_masks"] = baseline["has_masks"] = has_masks
     if has_masks:
         dcgan_pixels, base_pixels = _pixel_level(cache, slices, maps, score.erode, settings.pixel_percentile)
         result.update(dcgan_pixels)
         baseline.update(base_pixels)
-    result.update(baseline=baseline, residual_area=residual_area, paper=paper_block(),
-                  params=_params(settings, score))
+    result.update(baseline=baseline, residual_area=residual_area, lesion_load=lesion_load,
+                  paper=paper_block(), params=_params(settings, score), site_shift=site_shift(slices, maps))
+    for block in (residual_area, lesion_load):
+        block.pop("subject_scores")
+    rec = detectors[settings.recommended_score]
+    result["recommended"] = dict(name=settings.recommended_score,
+                                 **{k: v for k, v in rec.items() if k not in ("baseline", "residual_area",
+                                                                               "lesion_load", "paper")})
     result = _jsonable(result)
     (run / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (run / "metrics.md").write_text(metrics_markdown(result))
@@ -94,7 +112,8 @@ def _params(settings: EvaluateSettings, score: ScoreSettings) -> dict:
     """The ``params`` entry of ``metrics.json``: this step's knobs and the residual maps' ones."""
     return dict(fpr_target=float(settings.fpr_target), pixel_percentile=float(settings.pixel_percentile),
                 n_bootstrap=int(settings.n_bootstrap), median_filter=int(score.median_filter),
-                seed=int(settings.seed), residual_kind=score.residual_kind, erode=int(score.erode))
+                seed=int(settings.seed), residual_kind=score.residual_kind, erode=int(score.erode),
+                lesion_min_size=int(settings.lesion_min_size), recommended_score=settings.recommended_score)
 
 
 def _residual_maps(run, n_slices: int):
@@ -167,6 +186,64 @@ def _residual_area(run: RunDir, cache, slices: pd.DataFrame, maps, score: ScoreS
                description=f"DCGAN {score.residual_kind} residual in the eroded brain, "
                            "scored by the baseline's rule")
     out.update(detection_block(area["subject_scores"], settings))
+    out["subject_scores"] = area["subject_scores"]
+    return out
+
+
+def _lesion_load(run: RunDir, cache, slices: pd.DataFrame, maps, score: ScoreSettings,
+                 settings: EvaluateSettings) -> dict:
+    """Beyond the paper: the largest 3-D connected component of the saved residual maps above the
+    healthy-validation pixel threshold, per subject; writes ``score/subject_scores_lesion_load.csv``."""
+    val = ((slices["split"] == "val") & (slices["label"] == 0)).to_numpy()
+    vk, vr = slices.loc[val, "k"].to_numpy(), slices.loc[val, "row"].to_numpy()
+    v_brain = eroded_brain(np.asarray(cache.brain[vr]), score.erode)
+    pix = pixel_threshold_from_healthy(np.asarray(maps[vk]), v_brain, settings.pixel_percentile)
+    ordered = np.asarray(maps[slices["k"].to_numpy()])  # (M, H, W) in the rows of `slices`
+    subj = lesion_load_scores(ordered, slices, pix, settings.lesion_min_size)
+    subj.to_csv(run / "score" / "subject_scores_lesion_load.csv", index=False)
+    out = dict(method="dcgan-lesion-load", pixel_threshold=pix, min_size=int(settings.lesion_min_size),
+               description=f"largest 3-D connected component (voxels of the slice cache) of the DCGAN's "
+                           f"{score.residual_kind} residual above the healthy-validation pixel threshold, "
+                           f"across the subject's slices; components under {settings.lesion_min_size} voxels "
+                           "count as none")
+    out.update(detection_block(subj, settings))
+    out["subject_scores"] = subj
+    return out
+
+
+def _write_subjects_csv(run: RunDir, paper: pd.DataFrame, area: pd.DataFrame, load: pd.DataFrame) -> None:
+    """``subjects.csv``: ``subject, label, score`` (the paper's score) of the test subjects, then
+    one column per other subject score, named after it."""
+    out = paper[paper["split"] == "test"][["subject", "label", "score"]].reset_index(drop=True)
+    for name, other in (("residual_area", area), ("lesion_load", load)):
+        out[name] = out["subject"].map(other.set_index("subject")["score"])
+    out.to_csv(run / "subjects.csv", index=False)
+
+
+def site_shift(slices: pd.DataFrame, maps=None) -> dict:
+    """The site-shift control: lesion-free slices of tumour subjects against healthy test slices.
+
+    slices : the score step's slice table (``split``, ``label``, ``lesion_pixels``, ``A``).
+    With real data, healthy and tumour subjects often come from different scanners (IXI and
+    BraTS); a detector that scores a tumour subject's lesion-free slices higher than a healthy
+    subject's has learned the site, not the tumour. Returns ``auc_slice_A`` (0.5 is the ideal),
+    the numbers of slices compared and their mean ``A``; ``auc_residual_mean`` too when the
+    residual maps are given (their mean over each slice).
+    """
+    test = slices[slices["split"] == "test"]
+    free = test[(test["label"] == 1) & (test["lesion_pixels"] == 0)]
+    healthy = test[test["label"] == 0]
+    out = dict(n_lesion_free_tumour_slices=int(len(free)), n_healthy_test_slices=int(len(healthy)),
+               auc_slice_A=None, mean_A_lesion_free=None, mean_A_healthy=None, auc_residual_mean=None)
+    if not len(free) or not len(healthy):
+        return out
+    labels = np.r_[np.ones(len(free)), np.zeros(len(healthy))]
+    out.update(auc_slice_A=roc(labels, np.r_[free["A"], healthy["A"]])["auc"],
+               mean_A_lesion_free=float(free["A"].mean()), mean_A_healthy=float(healthy["A"].mean()))
+    if maps is not None:
+        ks = np.r_[free["k"].to_numpy(), healthy["k"].to_numpy()]
+        means = np.array([float(np.asarray(maps[k]).mean()) for k in ks])
+        out["auc_residual_mean"] = roc(labels, means)["auc"]
     return out
 
 
@@ -249,8 +326,6 @@ def _g(v) -> str:
     return "–" if v is None else f"{v:.4g}"
 
 
-TABLE_HEADER = ("| metric | paper | kit: paper's score (95% CI) | kit: residual area (95% CI) "
-                "| baseline (95% CI) |")
 SUBJECT_ROWS = (("subject AUC", "subject_auc"), ("accuracy", "accuracy"), ("precision", "precision"),
                 ("recall (sensitivity)", "recall"), ("specificity", "specificity"), ("F1", "f1"))
 PIXEL_ROWS = (("pixel Dice (pooled)", "pixel_dice"),
@@ -258,9 +333,24 @@ PIXEL_ROWS = (("pixel Dice (pooled)", "pixel_dice"),
               ("pixel AUROC", "pixel_auroc"),
               ("pixel threshold (healthy validation)", "pixel_threshold"),
               ("Dice upper bound (TEST-TUNED, not a result)", "dice_upper_bound_test_tuned"))
+#: The table's detector columns: (key in metrics.json, header); "" = the top level (paper's score).
+COLUMNS = (("", "kit: paper's score"), ("residual_area", "kit: residual area"),
+           ("lesion_load", "kit: lesion load"), ("baseline", "baseline"))
+#: recommended_score -> the column it names.
+RECOMMENDED_COLUMN = dict(paper="", residual_area="residual_area", lesion_load="lesion_load")
 
 
-def _subject_rows(result: dict, area: dict, base: dict, paper: dict) -> list[str]:
+def _columns(result: dict) -> list[tuple[str, dict]]:
+    """(header, block) per detector column, the recommended one marked."""
+    rec = RECOMMENDED_COLUMN.get((result.get("recommended") or {}).get("name"))
+    out = []
+    for key, header in COLUMNS:
+        block = result if key == "" else result.get(key, {})
+        out.append((header + (" = RECOMMENDED" if key == rec else "") + " (95% CI)", block))
+    return out
+
+
+def _subject_rows(result: dict, blocks: list[dict], paper: dict) -> list[str]:
     """Metric rows: the paper's printed value (with what its counts imply where they differ)."""
     implied = paper_consistency()["implied"]
     lines = []
@@ -271,23 +361,22 @@ def _subject_rows(result: dict, area: dict, base: dict, paper: dict) -> list[str
             pv += f" (counts imply {implied[key]:.3f})"
         elif key in ("specificity", "f1"):
             pv = f"{implied[key]:.3f} (from counts)"
-        lines.append(f"| {label} | {pv} | " + " | ".join(_fmt(r.get(key), r.get("ci", {}).get(key))
-                                                       for r in (result, area, base)) + " |")
+        lines.append(f"| {label} | {pv} | " + " | ".join(_fmt(b.get(key), b.get("ci", {}).get(key))
+                                                       for b in blocks) + " |")
     return lines
 
 
-def _count_rows(result: dict, area: dict, base: dict, paper: dict) -> list[str]:
+def _count_rows(result: dict, blocks: list[dict], paper: dict) -> list[str]:
     """Confusion counts, numbers of test subjects and subject thresholds."""
     pc = paper.get("confusion", PAPER["confusion"])
-    lines = [f"| {name.upper()} | {pc[name]} | {result['confusion'][name]} | "
-             f"{area.get('confusion', {}).get(name, '–')} | {base.get('confusion', {}).get(name, '–')} |"
+    lines = [f"| {name.upper()} | {pc[name]} | "
+             + " | ".join(str(b.get("confusion", {}).get(name, "–")) for b in blocks) + " |"
              for name in ("tp", "fn", "tn", "fp")]
-    lines.append(f"| test subjects (healthy + tumour) | 27 + 27 | "
-                 f"{result['n_test_healthy']} + {result['n_test_tumor']} | "
-                 f"{area.get('n_test_healthy', '–')} + {area.get('n_test_tumor', '–')} | "
-                 f"{base.get('n_test_healthy', '–')} + {base.get('n_test_tumor', '–')} |")
-    lines.append(f"| subject threshold (from healthy validation) | – | {_g(result.get('threshold'))} | "
-                 f"{_g(area.get('threshold'))} | {_g(base.get('threshold'))} |")
+    lines.append("| test subjects (healthy + tumour) | 27 + 27 | "
+                 + " | ".join(f"{b.get('n_test_healthy', '–')} + {b.get('n_test_tumor', '–')}"
+                              for b in blocks) + " |")
+    lines.append("| subject threshold (from healthy validation) | – | "
+                 + " | ".join(_g(b.get("threshold")) for b in blocks) + " |")
     return lines
 
 
@@ -295,6 +384,8 @@ def _notes(result: dict) -> list[str]:
     """The text under the table: what each column is, where thresholds come from, the paper."""
     res = result.get("residual") or {}
     kind = res.get("kind", "positive")
+    load = result.get("lesion_load") or {}
+    shift = result.get("site_shift") or {}
     return [
         "",
         "Kit, paper's score: subject score = mean of slice anomaly scores A = (1-lambda) R + lambda D "
@@ -303,12 +394,22 @@ def _notes(result: dict) -> list[str]:
         f"{RESIDUAL_FORMULAS.get(kind, '')} "
         f"in the eroded brain (erosion {res.get('erode', '?')} px, median filter {res.get('median', '?')}, "
         "as the score step saved it), subject score = mean over slices of the share of pixels above the "
-        "healthy-validation pixel threshold, the same rule the baseline applies to the intensity.",
+        "healthy-validation pixel threshold, the same rule the baseline applies to the intensity. "
+        "Kit, lesion load (beyond the paper): the largest 3-D connected component of those above-threshold "
+        f"pixels across the subject's slices, in voxels (components under {load.get('min_size', '?')} "
+        "voxels count as none). The recommended score was chosen on development cohorts (other synthetic "
+        "seeds), never on this run's test subjects.",
         "",
         "Thresholds: subject score > threshold = abnormal; threshold chosen on "
         f"{result.get('n_val_healthy', '?')} healthy validation subjects at a target false-positive rate of "
         f"{result.get('fpr_target', '?')}. "
         "The test set chooses nothing, except the Dice upper bound, which is labelled test-tuned.",
+        "",
+        "Site-shift control (slice A of tumour subjects' lesion-free slices vs healthy test slices; 0.5 = "
+        f"the detector does not tell the groups apart where there is no lesion): AUC "
+        f"{_fmt(shift.get('auc_slice_A'))} ({shift.get('n_lesion_free_tumour_slices', '?')} vs "
+        f"{shift.get('n_healthy_test_slices', '?')} slices); by mean residual: "
+        f"{_fmt(shift.get('auc_residual_mean'))}.",
         "",
         f"Paper (see glio_kit.paper): {paper_consistency()['note']}",
         "",
@@ -316,17 +417,21 @@ def _notes(result: dict) -> list[str]:
 
 
 def metrics_markdown(result: dict) -> str:
-    """The ``metrics.md`` table: metric | paper | kit: paper's score | kit: residual area |
-    baseline (each with its 95% CI), then the notes."""
-    base = result.get("baseline", {})
-    area = result.get("residual_area", {})
+    """The ``metrics.md`` table: metric | paper | one column per detector (paper's score,
+    residual area, lesion load, baseline; each with its 95% CI, the recommended one marked),
+    then the notes."""
     paper = result.get("paper", PAPER)
-    lines = [TABLE_HEADER, "|---|---|---|---|---|"]
-    lines += _subject_rows(result, area, base, paper)
-    lines += _count_rows(result, area, base, paper)
+    cols = _columns(result)
+    blocks = [b for _, b in cols]
+    lines = ["| metric | paper | " + " | ".join(h for h, _ in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    lines += _subject_rows(result, blocks, paper)
+    lines += _count_rows(result, blocks, paper)
     if result.get("has_masks"):
+        base = result.get("baseline", {})
         for label, key in PIXEL_ROWS:
-            lines.append(f"| {label} | – | {_fmt(result.get(key))} | (same maps) | {_fmt(base.get(key))} |")
+            lines.append(f"| {label} | – | {_fmt(result.get(key))} | (same maps) | (same maps) | "
+                         f"{_fmt(base.get(key))} |")
     return "\n".join(lines + _notes(result))
 
 

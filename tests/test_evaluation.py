@@ -82,7 +82,8 @@ def write_scored_run(path, flip=(), residual_kind="positive", median_filter=0, e
     a_raw = np.maximum(images - recon, 0).mean(axis=(1, 2))
     sl = pd.DataFrame(dict(row=rows, k=np.arange(len(rows)), subject=idx.subject.values,
                            label=idx.label.values, split=idx.split.values, slice_index=idx.slice_index.values,
-                           R=a_raw, D=a_raw, A_raw=a_raw))
+                           R=a_raw, D=a_raw, A_raw=a_raw,
+                           lesion_pixels=np.asarray(cache.lesion[rows]).sum(axis=(1, 2))))
     sl["A"] = (sl.A_raw - sl.A_raw.min()) / (sl.A_raw.max() - sl.A_raw.min())
     subj = sl.groupby("subject", sort=False).agg(label=("label", "first"), split=("split", "first"),
                                                   score=("A", "mean")).reset_index()
@@ -145,8 +146,9 @@ def test_evaluate_run_end_to_end(tmp_path):
     assert res["baseline"]["subject_auc"] == 1.0
     assert res["paper"]["consistency"]["matches"]["precision"] is False
     md = (run / "metrics.md").read_text()
-    assert E.TABLE_HEADER in md and "| baseline (95% CI) |" in md
-    assert "TEST-TUNED" in md
+    assert "| kit: paper's score (95% CI) |" in md and "| baseline (95% CI) |" in md
+    assert "| kit: lesion load = RECOMMENDED (95% CI) |" in md
+    assert "TEST-TUNED" in md and "Site-shift control" in md
     # the residual-area detector: calibrated on validation, scored on the same subjects
     area = res["residual_area"]
     assert area["n_test_healthy"] == 4 and area["n_test_tumor"] == 4 and 0 <= area["subject_auc"] <= 1
@@ -244,3 +246,47 @@ def test_evaluate_run_without_masks_or_scores(tmp_path):
 def test_metrics_needs_score_step(tmp_path):
     with pytest.raises(RunFolderError, match="score"):
         E.evaluate_run(RunDir(tmp_path / "r"), S)
+
+
+def test_lesion_load_recommended_score_and_subjects_csv(tmp_path):
+    run, cache = write_scored_run(tmp_path / "run")
+    res = E.evaluate_run(run, S)
+    load = res["lesion_load"]
+    assert load["n_test_tumor"] == 4 and load["min_size"] == S.lesion_min_size
+    saved = pd.read_csv(run / "score" / "subject_scores_lesion_load.csv", dtype={"subject": str})
+    test = saved[saved.split == "test"]
+    # the tumour subjects' blobs are found as objects; the healthy ones have none
+    assert (test[test.label == 1].score > 0).all() and load["subject_auc"] == 1.0
+    assert res["recommended"]["name"] == "lesion_load"
+    assert res["recommended"]["subject_auc"] == load["subject_auc"]
+    assert res["recommended"]["threshold"] == load["threshold"]
+    # subjects.csv: the paper's score first, then one column per other subject score
+    subjects = pd.read_csv(run / "subjects.csv", dtype={"subject": str})
+    assert list(subjects.columns) == ["subject", "label", "score", "residual_area", "lesion_load"]
+    assert np.allclose(subjects.set_index("subject").lesion_load, test.set_index("subject").score)
+    # choosing another recommended score changes which block is repeated
+    run2, _ = write_scored_run(tmp_path / "run2")
+    res2 = E.evaluate_run(run2, S.replace(recommended_score="paper"))
+    assert res2["recommended"]["name"] == "paper"
+    assert res2["recommended"]["subject_auc"] == res2["subject_auc"]
+    assert "| kit: paper's score = RECOMMENDED (95% CI) |" in (run2 / "metrics.md").read_text()
+
+
+def test_site_shift_control():
+    """Lesion-free slices of tumour subjects against healthy test slices: 0.5 when they look
+    alike, 1.0 when every lesion-free tumour slice scores above every healthy one."""
+    rng = np.random.default_rng(0)
+    n = 40
+    slices = pd.DataFrame(dict(split="test", label=np.r_[np.ones(n), np.zeros(n)].astype(int),
+                               lesion_pixels=np.r_[np.zeros(n // 2), np.full(n // 2, 30), np.zeros(n)],
+                               A=rng.uniform(size=2 * n), k=np.arange(2 * n)))
+    same = E.site_shift(slices)
+    assert same["n_lesion_free_tumour_slices"] == n // 2 and same["n_healthy_test_slices"] == n
+    assert 0.3 < same["auc_slice_A"] < 0.7
+    shifted = slices.copy()
+    shifted.loc[(shifted.label == 1) & (shifted.lesion_pixels == 0), "A"] += 1.0  # a "site" offset
+    assert E.site_shift(shifted)["auc_slice_A"] == 1.0
+    maps = np.zeros((2 * n, 4, 4))
+    maps[: n // 2] = 1.0
+    assert E.site_shift(shifted, maps)["auc_residual_mean"] == 1.0
+    assert E.site_shift(slices[slices.label == 0])["auc_slice_A"] is None  # nothing to compare

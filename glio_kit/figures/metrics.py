@@ -20,7 +20,7 @@ from ..scoring import load_subject_scores
 from .style import GROUP_COLOURS
 
 #: Colours of the three detectors of ``metrics.json``.
-DETECTOR_COLOURS = {"dcgan": "C0", "residual_area": "C2", "baseline": "C1"}
+DETECTOR_COLOURS = {"dcgan": "C0", "residual_area": "C2", "lesion_load": "C4", "baseline": "C1"}
 PAPER_COLOUR = "C3"
 
 
@@ -34,6 +34,7 @@ def plot_roc(result: dict, ax=None):
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
     detectors = ((result, "DCGAN, paper's score", "dcgan"),
                  (result.get("residual_area") or {}, "DCGAN, residual area", "residual_area"),
+                 (result.get("lesion_load") or {}, "DCGAN, lesion load", "lesion_load"),
                  (result.get("baseline") or {}, "intensity baseline", "baseline"))
     for res, name, key in detectors:
         colour = DETECTOR_COLOURS[key]
@@ -153,6 +154,36 @@ def metric_figures(run, result: dict | None = None) -> dict:
             pd.read_csv(bfile, dtype={"subject": str}), result["baseline"]["threshold"],
             "Intensity-baseline subject scores",
             "subject score (mean share of in-brain pixels above threshold)")
+    lfile = run_path / "score" / "subject_scores_lesion_load.csv"
+    if lfile.exists() and result.get("lesion_load"):
+        figs["lesion_load_score_distributions"] = plot_subject_score_distributions(
+            pd.read_csv(lfile, dtype={"subject": str}), result["lesion_load"]["threshold"],
+            "Lesion-load subject scores", "largest 3-D component above the pixel threshold (voxels)")
     if result.get("has_masks"):
         figs["pixel_comparison"] = plot_pixel_comparison(result)
+    if (result.get("site_shift") or {}).get("auc_slice_A") is not None:
+        figs["site_shift"] = plot_site_shift(run_path, result["site_shift"])
     return figs
+
+
+def plot_site_shift(run_path, shift: dict):
+    """The site-shift control: slice anomaly scores A of the tumour subjects' lesion-free
+    slices beside the healthy test slices. Overlapping histograms (AUC near 0.5) mean the
+    detector reacts to the lesion, not to whatever else tells the two groups apart."""
+    from ..scoring import load_slice_scores
+
+    sl = load_slice_scores(run_path)
+    test = sl[sl["split"] == "test"]
+    free = test[(test["label"] == 1) & (test["lesion_pixels"] == 0)]["A"]
+    healthy = test[test["label"] == 0]["A"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bins = np.linspace(min(free.min(), healthy.min()), max(free.max(), healthy.max()), 25)
+    ax.hist(healthy, bins=bins, alpha=0.6, density=True, color=GROUP_COLOURS["healthy"],
+            label=f"healthy test slices (n={len(healthy)})")
+    ax.hist(free, bins=bins, alpha=0.6, density=True, color=GROUP_COLOURS["tumour"],
+            label=f"tumour subjects' lesion-free slices (n={len(free)})")
+    ax.set(xlabel="slice anomaly score A", ylabel="density",
+           title=f"Site-shift control: AUC {shift['auc_slice_A']:.3f} (0.5 = no shift)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
