@@ -26,7 +26,8 @@ VALUES = dict(
     encoder_epochs=2, encoder_lr=0.002, encoder_batch_size=4, kappa=0.5, subject_reduction="topk", topk=2,
     residual_kind="absolute", median_filter=0, erode=2,
     subject_healthy="", subject_tumor="", n_figure_slices=2,
-    fpr_target=0.1, pixel_percentile=95.0, n_bootstrap=20, lesion_min_size=3, recommended_score="residual_area",
+    fpr_target=0.1, pixel_percentile=95.0, n_bootstrap=20,
+    lesion_min_size=3, recommended_score="residual_area",
 )
 #: Knobs whose smoke value is the empty default: the figures pick a subject themselves.
 SAME_AS_PROFILE = {"subject_healthy", "subject_tumor"}
