@@ -81,8 +81,56 @@ def test_later_step_invalidated_by_redone_earlier_step(tmp_path):
     run.mark_done("train")
     run.claim("prep", {"a": 2}, overwrite=True)
     run.mark_done("prep")
-    with pytest.raises(RunFolderError, match="earlier step"):
+    with pytest.raises(RunFolderError, match="step 'prep' now holds a run with other parameters"):
         run.claim("train", {"epochs": 1}, after=("prep",))
+
+
+def test_later_step_invalidated_by_earlier_step_redone_with_same_values(tmp_path):
+    """Redoing a step, even with the same values, makes the steps that read it stale."""
+    run = RunDir(tmp_path / "run")
+    run.claim("prep", {"a": 1})
+    run.mark_done("prep")
+    run.claim("train", {"epochs": 1}, after=("prep",))
+    run.mark_done("train")
+    assert run.claim("train", {"epochs": 1}, after=("prep",)) is True
+    run.mark_failed("prep", "redo", status="stale")
+    assert run.claim("prep", {"a": 1}) is False  # redone with the same values
+    run.mark_done("prep")
+    with pytest.raises(RunFolderError, match="step 'prep' was redone after this step ran"):
+        run.claim("train", {"epochs": 1}, after=("prep",))
+    assert run.claim("train", {"epochs": 1}, after=("prep",), overwrite=True) is False
+
+
+def test_failed_attempt_that_left_nothing_does_not_block_a_retry(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.claim("prep", {"train_healthy": "/data/ixi_trian"})  # a typo: the step fails, nothing written
+    run.mark_failed("prep", "InputError: folder does not exist")
+    assert not run.is_done("prep")
+    assert run.claim("prep", {"train_healthy": "/data/ixi_train"}) is False  # the corrected retry
+    run.mark_done("prep")
+    assert run.record("prep")["params"] == {"train_healthy": "/data/ixi_train"}
+    # a failed attempt that did leave products (a cache) is not replaced without asking
+    run.claim("prep", {"train_healthy": "/data/other"}, overwrite=True)
+    (run / "cache").mkdir()
+    run.mark_failed("prep", "interrupted")
+    with pytest.raises(RunFolderError, match="was started \\(failed\\) with other settings"):
+        run.claim("prep", {"train_healthy": "/data/ixi_train"})
+
+
+def test_step_records_are_written_atomically_and_corrupt_ones_named(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.claim("prep", {"a": 1})
+    run.mark_done("prep", n=3)
+    assert sorted(p.name for p in (run / "steps").iterdir()) == ["prep.json"]  # no temporary left
+    rec = run / "steps" / "prep.json"
+    rec.write_text(rec.read_text()[:25])  # cut short, as by a full disk before this fix
+    for call in (lambda: run.record("prep"), lambda: run.is_done("prep"),
+                 lambda: run.claim("prep", {"a": 1})):
+        with pytest.raises(RunFolderError, match="prep.json: step record cannot be read.*--force prep"):
+            call()
+    rec.write_text("[1, 2]")
+    with pytest.raises(RunFolderError, match="prep.json: is not a glio-kit step record"):
+        run.record("prep")
 
 
 def test_foreign_folder_is_refused(tmp_path):
