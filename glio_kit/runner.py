@@ -6,19 +6,46 @@ executed notebook exists, is not run again unless ``force``.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 from .errors import GlioKitError
-from .runtime import RunDir, project_root
+from .runtime import RunDir
 from .steps import STEPS, all_parameters, by_notebook
 
 
 def notebooks_dir() -> Path:
-    d = project_root() / "notebooks"
-    if not d.is_dir():
-        raise GlioKitError(f"{d}: notebooks folder not found; run glio-kit from a checkout of the repository")
-    return d
+    """The chain's notebooks: ``notebooks/`` of the checkout the kit is installed from (an
+    editable install), else the copies shipped inside the package (``glio_kit/notebooks``)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "notebooks" if (here.parent / "pyproject.toml").exists() else None
+    for d in (checkout, here / "notebooks"):
+        if d is not None and d.is_dir():
+            return d
+    raise GlioKitError(f"no notebooks found in {checkout or here / 'notebooks'}; the installation is "
+                       f"incomplete: reinstall glio-kit (pip install --force-reinstall glio-kit)")
+
+
+def copy_notebooks(dest) -> tuple[list[Path], list[Path]]:
+    """Copy the chain's notebooks into ``dest`` (created if needed) for students to open.
+
+    A file that already exists in ``dest`` is never overwritten (it may hold a student's work).
+    Returns ``(copied, kept)``: the paths written and the existing paths left as they were.
+    """
+    dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise GlioKitError(f"{dest}: is a file; give a folder to copy the notebooks into")
+    dest.mkdir(parents=True, exist_ok=True)
+    copied, kept = [], []
+    for nb in available_notebooks():
+        out = dest / nb.name
+        if out.exists():
+            kept.append(out)
+            continue
+        shutil.copyfile(nb, out)
+        copied.append(out)
+    return copied, kept
 
 
 def available_notebooks() -> list[Path]:

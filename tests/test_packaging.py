@@ -42,3 +42,13 @@ def test_cli_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("synth", "run", "batch"):
         assert cmd in out
+
+
+def test_every_subpackage_ships_and_the_notebooks_too():
+    """pyproject lists the packages by hand (the notebooks live outside glio_kit/): a new
+    subpackage must be added there, or the wheel would lack it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "glio_kit").rglob("__init__.py")}
+    assert found | {"glio_kit.notebooks"} == set(setuptools["packages"])
+    assert setuptools["package-dir"] == {"glio_kit.notebooks": "notebooks"}
+    assert setuptools["package-data"]["glio_kit.notebooks"] == ["*.ipynb"]

@@ -1,0 +1,65 @@
+"""The glio-kit command as a new user meets it: the profile it picks, its help, copying the notebooks."""
+import pytest
+
+from glio_kit.cli import chosen_profile, main
+from glio_kit.errors import GlioKitError
+from glio_kit.runner import copy_notebooks, notebooks_dir
+from glio_kit.steps import STEPS
+
+
+def test_profile_from_option_then_environment_then_demo(monkeypatch, capsys):
+    monkeypatch.setenv("GLIO_KIT_PROFILE", "smoke")
+    assert chosen_profile("paper") == "paper"
+    assert "profile: paper (from --profile)" in capsys.readouterr().out
+    assert chosen_profile(None) == "smoke"
+    out = capsys.readouterr().out
+    assert "profile: smoke (from $GLIO_KIT_PROFILE)" in out and "too small to learn" in out
+    monkeypatch.delenv("GLIO_KIT_PROFILE")
+    assert chosen_profile(None) == "demo"
+    assert "profile: demo (from the default" in capsys.readouterr().out
+
+
+def test_bad_profile_in_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GLIO_KIT_PROFILE", "smok")
+    with pytest.raises(GlioKitError, match="GLIO_KIT_PROFILE"):
+        chosen_profile(None)
+
+
+def test_run_reads_the_profile_from_the_environment(monkeypatch, tmp_path, capsys):
+    """`glio-kit run` without --profile uses $GLIO_KIT_PROFILE (an unknown -p stops it before any
+    notebook starts, after the profile line)."""
+    monkeypatch.setenv("GLIO_KIT_PROFILE", "smoke")
+    assert main(["run", "--run-dir", str(tmp_path / "r"), "-p", "epoch=3"]) == 2
+    assert "profile: smoke (from $GLIO_KIT_PROFILE)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["batch", "--help"], ["run", "--help"],
+                                  ["notebooks", "--help"]])
+def test_help_is_plain_text(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out, "raw reStructuredText in --help"
+    body = out.split("\n\n", 1)[1]  # after the usage line(s): a description
+    assert len(body.split("positional arguments")[0].strip()) > 40
+
+
+def test_copy_notebooks_never_overwrites(tmp_path):
+    mine = tmp_path / "nb" / STEPS[0].notebook
+    mine.parent.mkdir()
+    mine.write_text("my own work")
+    copied, kept = copy_notebooks(tmp_path / "nb")
+    assert kept == [mine] and mine.read_text() == "my own work"
+    assert sorted(p.name for p in copied) == sorted(s.notebook for s in STEPS[1:])
+    assert all(p.read_bytes() == (notebooks_dir() / p.name).read_bytes() for p in copied)
+    copied, kept = copy_notebooks(tmp_path / "nb")  # again: everything is there already
+    assert copied == [] and len(kept) == len(STEPS)
+
+
+def test_glio_kit_notebooks_command(tmp_path, capsys):
+    assert main(["notebooks", str(tmp_path / "out")]) == 0
+    assert len(list((tmp_path / "out").glob("*.ipynb"))) == len(STEPS)
+    assert "jupyter lab" in capsys.readouterr().out
+    (tmp_path / "file").write_text("x")
+    assert main(["notebooks", str(tmp_path / "file")]) == 2
