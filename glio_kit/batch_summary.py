@@ -59,8 +59,11 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
         row["error"] = st.get("error", "")
         rows.append(row)
     table = pd.DataFrame(rows)
+    table.attrs["out"] = str(out)
     table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(summary_markdown(table, grid_names))
+    batch = out / "batch.json"
+    profile = json.loads(batch.read_text()).get("profile", "") if batch.exists() else ""
+    (out / "summary.md").write_text(summary_markdown(table, grid_names, profile))
     try:
         fig = summary_figure(table)
         fig.savefig(out / "summary.png", dpi=120, bbox_inches="tight")
@@ -72,14 +75,24 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
     return table
 
 
-def summary_markdown(table: pd.DataFrame, grid_names: list[str]) -> str:
+#: Above a smoke batch's table: its equal, meaningless numbers are not a bug.
+SMOKE_NOTE = ("**Smoke profile: the models are far too small to learn.** Flat grey G(z) and the same "
+              "numbers in every run are expected; this profile checks that the chain runs, not the method.")
+
+
+def summary_markdown(table: pd.DataFrame, grid_names: list[str], profile: str = "") -> str:
+    """The summary table: grid values as given (``lam`` 0.1, not 0.100), metrics to 3 decimals."""
     def f(v):
         return ("–" if v is None or (isinstance(v, float) and v != v)
                 else (f"{v:.3f}" if isinstance(v, float) else str(v)))
 
+    def given(v):
+        return "–" if v is None or (isinstance(v, float) and v != v) else value_str(v)
+
     cols = ["run", *grid_names, "subject AUC (95% CI)", "accuracy (95% CI)", "precision", "recall",
             "pixel Dice", "baseline AUC", "seconds", "status"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [SMOKE_NOTE, ""] if profile == "smoke" else []
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         auc = f(r["subject_auc"]) + (f" ({f(r['subject_auc_lo'])}–{f(r['subject_auc_hi'])})"
                                      if r["subject_auc_lo"] is not None
@@ -88,7 +101,7 @@ def summary_markdown(table: pd.DataFrame, grid_names: list[str]) -> str:
                                   if r["accuracy_lo"] is not None
                                   and r["accuracy_lo"] == r["accuracy_lo"] else "")
         status = r["status"] + (f": {r['error']}" if r["error"] else "")
-        vals = [r["run"], *[f(r[g]) for g in grid_names], auc, acc, f(r["precision"]), f(r["recall"]),
+        vals = [r["run"], *[given(r[g]) for g in grid_names], auc, acc, f(r["precision"]), f(r["recall"]),
                 f(r["pixel_dice"]), f(r["baseline_auc"]), f(float(r["seconds"])), status.replace("|", "/")]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"

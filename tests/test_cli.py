@@ -63,3 +63,20 @@ def test_glio_kit_notebooks_command(tmp_path, capsys):
     assert "jupyter lab" in capsys.readouterr().out
     (tmp_path / "file").write_text("x")
     assert main(["notebooks", str(tmp_path / "file")]) == 2
+
+
+def test_batch_says_where_the_summary_went_and_when_nothing_ran(monkeypatch, tmp_path, capsys):
+    import pandas as pd
+
+    import glio_kit.batch
+
+    def finished_earlier(grid, workers=1, force=False):
+        table = pd.DataFrame(dict(run=["a", "b"], status=["done earlier"] * 2))
+        table.attrs["out"] = str(tmp_path / "batch")
+        return table
+
+    monkeypatch.setattr(glio_kit.batch, "run_batch", finished_earlier)
+    assert main(["batch", "grid.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert f"summary: {tmp_path / 'batch'}/summary.md" in out
+    assert "2 runs: 2 done earlier" in out and "nothing ran" in out
