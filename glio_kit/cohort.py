@@ -8,8 +8,11 @@ Three layouts are read (see ``data/README.md``):
   ``<case>/<case>_seg.nii.gz``; the subject id is the case folder's name.
 - **manifest CSV**: ``subject,image,mask,label`` with paths relative to the CSV's folder.
 
-Discovery only looks at names; the volumes are opened (and checked) later by
-:mod:`glio_kit.io`, so listing a cohort of hundreds of subjects is instant.
+Discovery only looks at names (any letter case: ``.NII.GZ`` too); the volumes are opened
+(and checked) later by :mod:`glio_kit.io`, so listing a cohort of hundreds of subjects is
+instant. No subject is dropped silently: an entry that looks like a subject but cannot be
+read (a dangling or looping symbolic link, e.g. git-annex / DataLad data not fetched yet, or
+a file without read permission) stops discovery with an error naming every such entry.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .io import NIFTI_SUFFIXES, is_nifti_name
+from .io import NIFTI_SUFFIXES, is_nifti_name, unreadable
 
 __all__ = [
     "Subject",
@@ -84,7 +87,60 @@ def _check_folder(folder) -> Path:
         raise InputError(folder, "folder does not exist; check the path you pointed the kit at")
     if not folder.is_dir():
         raise InputError(folder, "expected a folder of NIfTI files (or a manifest .csv)")
+    _listdir(folder)  # a folder that cannot be listed is reported here, by name
     return folder
+
+
+def _listdir(folder: Path) -> list:
+    """The entries of ``folder`` (sorted); a folder that cannot be listed raises InputError."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise InputError(folder, f"cannot list the folder ({exc.strerror or exc}); check its owner and "
+                                 "mode (chmod), or the link that leads to it") from None
+
+
+def _may_be_subject(p: Path) -> bool:
+    """A name that may hold a subject: an IXI T2 file, or a name without a suffix (a case folder)."""
+    return bool(_ixi_suffix(p.name)) or "." not in p.name
+
+
+def _case_kind(case: Path, f: Path) -> bool:
+    """``f`` is the case's T2 or segmentation file (the two the kit reads), in any letter case."""
+    return is_nifti_name(f.name) and _strip_nifti_suffix(f.name).lower() in (
+        f"{case.name}_t2".lower(), f"{case.name}_seg".lower())
+
+
+def _raise_unreadable(folder: Path, bad: list) -> None:
+    """One InputError naming every entry of ``bad`` (``[(path, why), ...]``), if any."""
+    if bad:
+        lines = "".join(f"\n  {p}: {why}" for p, why in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise InputError(folder, f"{len(bad)} file(s) that look like subjects cannot be read; nothing "
+                                 f"was left out silently, so fix these first:{lines}{more}")
+
+
+def unreadable_entries(folder) -> list:
+    """``[(path, why), ...]`` for the entries of ``folder`` that look like subjects (IXI T2 files,
+    case folders and their ``_t2`` / ``_seg`` files) but cannot be read (:func:`unreadable`).
+    Files the kit does not read (other IXI modalities, BraTS's T1 or FLAIR) are not checked."""
+    folder = Path(folder)
+    bad = []
+    for p in _listdir(folder):
+        if _hidden(p) or not _may_be_subject(p):
+            continue
+        why = unreadable(p)
+        if why:
+            bad.append((p, why))
+        elif p.is_dir():
+            try:
+                inner = _listdir(p)
+            except InputError as err:
+                bad.append((p, err.problem))
+                continue
+            wanted = [f for f in inner if not _hidden(f) and _case_kind(p, f)]
+            bad += [(f, unreadable(f)) for f in wanted if unreadable(f)]
+    return bad
 
 
 def _strip_nifti_suffix(name: str) -> str:
@@ -94,30 +150,39 @@ def _strip_nifti_suffix(name: str) -> str:
     return name
 
 
+def _ixi_suffix(name: str) -> str | None:
+    """The ``-T2.nii.gz`` / ``-T2.nii`` ending of ``name`` in any letter case, or None."""
+    return next((name[-len(s):] for s in _IXI_T2_SUFFIXES if name.lower().endswith(s.lower())), None)
+
+
 def _ixi_files(folder: Path) -> list:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not _hidden(p) and p.name.endswith(_IXI_T2_SUFFIXES))
+    return [p for p in _listdir(folder) if p.is_file() and not _hidden(p) and _ixi_suffix(p.name)]
 
 
 def _case_file(case: Path, kind: str) -> Path | None:
-    """``<case>/<case>_<kind>.nii.gz`` or ``.nii``, whichever exists (``.nii.gz`` first)."""
+    """``<case>/<case>_<kind>.nii.gz`` or ``.nii`` in any letter case, whichever exists
+    (``.nii.gz`` first); one that exists but cannot be read raises InputError."""
+    names = {f.name.lower(): f for f in _listdir(case) if not _hidden(f)}
     for s in NIFTI_SUFFIXES:
-        p = case / f"{case.name}_{kind}{s}"
-        if p.is_file():
+        p = names.get(f"{case.name}_{kind}{s}".lower())
+        if p is not None:
+            why = unreadable(p)
+            if why:
+                raise InputError(p, why)
             return p
     return None
 
 
 def _brats_case_folders(folder: Path) -> list:
     """Sub-folders holding any NIfTI file: these are taken as BraTS cases."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not _hidden(p)
-                  and any(is_nifti_name(f) and f.is_file() for f in p.iterdir()))
+    return [p for p in _listdir(folder)
+            if p.is_dir() and not _hidden(p)
+            and any(is_nifti_name(f) and f.is_file() for f in _listdir(p))]
 
 
 def _has_brats_t2(case: Path) -> bool:
     return any(f.is_file() and _strip_nifti_suffix(f.name).lower().endswith("_t2")
-               and is_nifti_name(f) for f in case.iterdir())
+               and is_nifti_name(f) for f in _listdir(case))
 
 
 def discover_ixi(folder) -> list:
@@ -135,9 +200,10 @@ def discover_ixi(folder) -> list:
         Sorted by id, ``label=0``, ``mask=None``. Empty when there is no T2 file.
     """
     folder = _check_folder(folder)
+    _raise_unreadable(folder, [(p, w) for p, w in unreadable_entries(folder) if _ixi_suffix(p.name)])
     subjects = []
     for p in _ixi_files(folder):
-        sid = p.name[: -len(next(s for s in _IXI_T2_SUFFIXES if p.name.endswith(s)))]
+        sid = p.name[: -len(_ixi_suffix(p.name))]
         subjects.append(Subject(subject=sid, image=p, mask=None, label=0))
     return sorted(subjects, key=lambda s: s.subject)
 
@@ -163,11 +229,12 @@ def discover_brats(folder) -> list:
         A case folder has no ``<case>_t2.nii.gz`` / ``<case>_t2.nii``.
     """
     folder = _check_folder(folder)
+    _raise_unreadable(folder, unreadable_entries(folder))
     subjects = []
     for case in _brats_case_folders(folder):
         t2 = _case_file(case, "t2")
         if t2 is None:
-            found = sorted(f.name for f in case.iterdir() if not _hidden(f))
+            found = sorted(f.name for f in _listdir(case) if not _hidden(f))
             shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
             raise InputError(case, f"BraTS case {case.name} has no {case.name}_t2.nii.gz "
                                    f"(found: {shown}); the T2 volume must be named "
@@ -176,6 +243,14 @@ def discover_brats(folder) -> list:
         seg = _case_file(case, "seg")
         subjects.append(Subject(subject=case.name, image=t2, mask=seg, label=1))
     return sorted(subjects, key=lambda s: s.subject)
+
+
+def _check_listed(csv_path: Path, where: str, what: str, path: Path, sid: str) -> None:
+    """A file a manifest lists that is there (or a link to it is) but cannot be read raises."""
+    if path.is_symlink() or path.exists():
+        why = unreadable(path)
+        if why:
+            raise InputError(csv_path, f"{where}: {what} file {path} of subject {sid!r}: {why}")
 
 
 def read_manifest(csv_path) -> list:
@@ -243,6 +318,7 @@ def read_manifest(csv_path) -> list:
         if not get["image"]:
             raise InputError(csv_path, f"{where}: subject {sid!r} has an empty image path")
         image = resolve(get["image"])
+        _check_listed(csv_path, where, "image", image, sid)
         if not image.is_file():
             raise InputError(csv_path, f"{where}: image file {image} of subject {sid!r} "
                                        "does not exist (relative paths are taken from the "
@@ -250,6 +326,7 @@ def read_manifest(csv_path) -> list:
         mask = None
         if get.get("mask"):
             mask = resolve(get["mask"])
+            _check_listed(csv_path, where, "mask", mask, sid)
             if not mask.is_file():
                 raise InputError(csv_path, f"{where}: mask file {mask} of subject {sid!r} "
                                            "does not exist (leave the cell empty when "
@@ -302,6 +379,7 @@ def discover(path, label=None) -> list:
                                    ".csv file, got another file")
         subjects = read_manifest(path)
     else:
+        _raise_unreadable(path, unreadable_entries(path))
         subjects = []
         if _ixi_files(path):
             subjects += discover_ixi(path)
@@ -312,7 +390,7 @@ def discover(path, label=None) -> list:
             # "-t2w" names): the per-case error says which file is missing.
             discover_brats(path)
         if not subjects:
-            niftis = [p.name for p in path.iterdir() if is_nifti_name(p) and not _hidden(p)]
+            niftis = [p.name for p in _listdir(path) if is_nifti_name(p) and not _hidden(p)]
             hint = ""
             if niftis:
                 hint = (f"; the folder holds {len(niftis)} NIfTI file(s), e.g. {niftis[0]}, "

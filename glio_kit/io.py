@@ -8,13 +8,17 @@ Every volume leaves this module in one convention, whatever its header said:
 - ``float32`` with the header's ``scl_slope`` / ``scl_inter`` already applied, so an
   ``int16`` file with scaling and a ``float64`` file of the same image give the same array.
 
-Anything the kit cannot use (not a NIfTI file, truncated download, 2-D or 4-D data, an
-empty or all-zero volume, NaN/Inf values, a segmentation that does not match its image or
-holds labels outside BraTS's {0, 1, 2, 4}) raises :class:`~glio_kit.errors.InputError`
-whose message starts with the file's path. Files are only ever read, never written.
+Anything the kit cannot use (not a NIfTI file, truncated download, a file that cannot be read
+(permission, a dangling or looping link), a header claiming more data than the file or this
+machine's memory can hold, 2-D or 4-D data, an empty or all-zero volume, NaN/Inf values, a
+segmentation that does not match its image or holds labels outside BraTS's {0, 1, 2, 4})
+raises :class:`~glio_kit.errors.InputError` whose message starts with the file's path.
+Files are only ever read, never written.
 """
 from __future__ import annotations
 
+import errno
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ __all__ = [
     "lesion_mask",
     "load_segmentation",
     "load_volume",
+    "unreadable",
 ]
 
 #: File name endings the loaders accept.
@@ -79,6 +84,31 @@ def is_nifti_name(path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read (a dangling or looping symbolic link, no permission), or None.
+
+    Data managed by git-annex or DataLad is a symbolic link into the annex until it is fetched:
+    such a link is dangling, and the message says how to fetch it.
+    """
+    try:
+        os.stat(path)  # follows links
+    except FileNotFoundError:
+        if path.is_symlink():
+            return (f"dangling symbolic link (to {os.readlink(path)}): the data it points to is not there; "
+                    "if the data is managed by git-annex or DataLad, fetch it first (`datalad get` or "
+                    "`git annex get`), else fix or remove the link")
+        return "disappeared while the folder was read"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself); fix or remove the link"
+        if isinstance(exc, PermissionError):
+            return "permission denied; check the file's owner and mode (chmod)"
+        return f"cannot be read ({exc.strerror or exc})"
+    if not os.access(path, os.R_OK):
+        return "permission denied: the file cannot be read; check its owner and mode (chmod)"
+    return None
+
+
 # ----------------------------------------------------------------------------- helpers
 def _open_3d(path, what: str):
     """Open ``path`` lazily and return a 3-D NIfTI image (header checked, data not read).
@@ -86,6 +116,10 @@ def _open_3d(path, what: str):
     ``what`` ("volume" or "segmentation") only shapes the error messages.
     """
     path = Path(path).expanduser()
+    if path.is_symlink() or path.exists():
+        why = unreadable(path)
+        if why:
+            raise InputError(path, why)
     if not path.exists():
         raise InputError(path, f"{what} file does not exist; check the path or the folder "
                                "you pointed the kit at")
@@ -100,6 +134,9 @@ def _open_3d(path, what: str):
         img = nib.load(str(path))
     except (EOFError, zlib.error) as exc:
         raise InputError(path, f"file is truncated or corrupt ({exc}); download it again") from exc
+    except PermissionError as exc:
+        raise InputError(path, "permission denied: the file cannot be read; check its owner and "
+                               "mode (chmod)") from exc
     except Exception as exc:  # ImageFileError, BadGzipFile, HeaderDataError, ...
         raise InputError(path, "not a NIfTI file, or its header is corrupt "
                                f"({type(exc).__name__}: {exc})") from exc
@@ -123,9 +160,38 @@ def _open_3d(path, what: str):
     if not np.all(np.isfinite(img.affine)):
         raise InputError(path, "header affine holds NaN/Inf values; fix the header "
                                "(e.g. fslorient or a re-export from the scanner software)")
+    _check_size(path, img, shape)
     if shape != tuple(img.shape):
         img = nib.funcs.squeeze_image(img)
     return path, img
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where it cannot be told."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_size(path: Path, img, shape: tuple) -> None:
+    """Refuse a header whose claimed size cannot be true or cannot be read here, before any
+    memory is taken: an uncompressed file shorter than its header says (truncated), or a volume
+    whose float32 array would need more than half of this machine's memory."""
+    n = int(np.prod(shape, dtype=np.float64))
+    gib = n * 4 / 2**30
+    if not str(path).lower().endswith(".gz"):
+        need = int(img.header.get_data_offset()) + n * img.get_data_dtype().itemsize
+        have = path.stat().st_size
+        if need > have:
+            raise InputError(path, f"file is truncated or its header is corrupt: the header claims shape "
+                                   f"{shape} ({need} bytes with the data offset), the file holds {have} "
+                                   "bytes; download or copy it again")
+    mem = _memory_bytes()
+    if mem and n * 4 > mem / 2:
+        raise InputError(path, f"the header claims shape {shape}, {gib:.1f} GiB as float32, more than half "
+                               f"of this machine's {mem / 2**30:.1f} GiB of memory; the header is probably "
+                               "corrupt (or the volume is far larger than a brain MRI; crop or resample it)")
 
 
 def _read_canonical(path: Path, img) -> tuple:
@@ -135,6 +201,12 @@ def _read_canonical(path: Path, img) -> tuple:
     """
     try:
         data = img.get_fdata(dtype=np.float32)
+    except MemoryError:
+        raise InputError(path, f"the volume {tuple(img.shape)} does not fit in memory; crop or resample "
+                               "it, or use a machine with more memory") from None
+    except PermissionError as exc:
+        raise InputError(path, "permission denied: the file cannot be read; check its owner and "
+                               "mode (chmod)") from exc
     except (EOFError, zlib.error, OSError, ValueError) as exc:
         # gzip streams cut short raise EOFError; a short uncompressed file raises
         # OSError/ValueError from the reader or the memory map.
