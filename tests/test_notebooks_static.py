@@ -53,3 +53,13 @@ def test_parameters_cells_are_written_from_the_settings():
                       if "parameters" in c.get("metadata", {}).get("tags", []))
         names = {t.id for node in ast.parse(_source(tagged)).body for t in node.targets}
         assert names == set(st.parameter_names())
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_opens_with_run_time_per_profile_and_ends_with_what_next(nb):
+    cells = _cells(nb)
+    first = _source(cells[0])
+    timing = first[first.index("**Run time and disk.**"):].split("\n\n")[0]
+    assert all(f"*{p}*" in timing for p in ("smoke", "demo", "paper")), timing
+    assert "measured" in timing  # smoke is measured; demo/paper say where their number comes from
+    assert cells[-1]["cell_type"] == "markdown" and _source(cells[-1]).startswith("## What next")
