@@ -63,9 +63,17 @@ class ResidualViewer:
             raise KeyError(f"subject {subject!r} has no scored slices in {self.run.path}")
         return df
 
-    def default_slice(self, subject: str) -> int:
-        """Position (0-based) of the subject's slice with the highest anomaly score."""
-        return int(np.argmax(self.slices_of(subject).A.to_numpy()))
+    def default_slice(self, subject: str, kind: str | None = None) -> int:
+        """Position (0-based) of the subject's slice with the highest anomaly score among those
+        whose residual map (``kind``; ``None``: the recorded one) shows something: a pixel above
+        5% of the colour scale (:meth:`display_max`). The highest score overall when none does.
+        So the browser never opens on an all-black residual."""
+        df = self.slices_of(subject)
+        a = df.A.to_numpy()
+        kind = kind or self.settings.residual_kind
+        maps = self.residual[kind]
+        visible = np.array([float(maps[int(k)].max()) > 0.05 * self.display_max(kind) for k in df.k])
+        return int(np.argmax(np.where(visible, a, -np.inf))) if visible.any() else int(np.argmax(a))
 
     def display_max(self, kind: str) -> float:
         """Upper end of the colour scale of ``kind`` maps: their 99.9th percentile over all
@@ -124,9 +132,37 @@ class BrowserState:
     error: str = ""
 
 
+#: The threshold slider: residual maps are in generator units, 0 (reproduced exactly) to 2.
+THRESHOLD_RANGE = (0.0, 2.0)
+
+
+def _snapshot_box(W):
+    """A VBox whose output also carries a PNG of what it shows (``snapshot``, bytes) and a line
+    of text: a notebook opened without a kernel, an untrusted one, or one exported to HTML shows
+    that picture instead of ``VBox(...)``; JupyterLab with a kernel shows the live widget."""
+
+    class SnapshotBox(W.VBox):
+        snapshot: bytes = b""
+        caption: str = "residual browser"
+
+        def _repr_mimebundle_(self, **kwargs):
+            import base64
+
+            data = super()._repr_mimebundle_(**kwargs) or {}
+            data["text/plain"] = f"{self.caption} (live with a kernel; the picture is a snapshot)"
+            if self.snapshot:
+                data["image/png"] = base64.b64encode(self.snapshot).decode("ascii")
+            return data
+
+    return SnapshotBox
+
+
 def browser(viewer: ResidualViewer, split: str = "test", threshold: float = 0.2):
     """An ipywidgets browser: subject dropdown, slice slider, overlay choice, residual
-    threshold slider. Returns ``(widget, state)``; ``state.last`` says what was drawn."""
+    threshold slider (generator units, :data:`THRESHOLD_RANGE`). Returns ``(widget, state)``;
+    ``state.last`` says what was drawn. The widget's output keeps a PNG of its first view."""
+    import io
+
     import ipywidgets as W
     from IPython.display import display
 
@@ -135,10 +171,17 @@ def browser(viewer: ResidualViewer, split: str = "test", threshold: float = 0.2)
         raise ValueError(f"no scored subjects in split {split!r}")
     first = subjects[0]
     state = BrowserState(subject=first, pos=viewer.default_slice(first), threshold=threshold)
-    w_subject = W.Dropdown(options=subjects, value=first, description="subject")
-    w_slice = W.IntSlider(min=0, max=len(viewer.slices_of(first)) - 1, value=state.pos, description="slice")
-    w_overlay = W.ToggleButtons(options=list(OVERLAYS), value=state.overlay, description="overlay")
-    w_thr = W.FloatSlider(min=0.0, max=1.0, step=0.01, value=threshold, description="threshold")
+    wide = dict(min_width="300px", width="420px")  # never squeezed to a sliver in a narrow window
+    w_subject = W.Dropdown(options=subjects, value=first, description="subject", layout=W.Layout(**wide))
+    w_slice = W.IntSlider(min=0, max=len(viewer.slices_of(first)) - 1, value=state.pos, description="slice",
+                          layout=W.Layout(**wide))
+    w_overlay = W.ToggleButtons(options=list(OVERLAYS), value=state.overlay, description="overlay",
+                                tooltips=["thresholded residual (yellow)", "ground truth (red)",
+                                          "both", "the input alone"])
+    w_thr = W.FloatSlider(min=THRESHOLD_RANGE[0], max=THRESHOLD_RANGE[1], step=0.01, value=threshold,
+                          description="threshold", readout_format=".2f", layout=W.Layout(**wide),
+                          description_tooltip="residual threshold in generator units (0-2)")
+    units = W.Label("residual > threshold, in generator units (0 = reproduced exactly, 2 = full range)")
     out = W.Output()
     fig = plt.figure(figsize=(9, 3.3))
     plt.close(fig)  # drawn into the Output widget only
@@ -167,6 +210,12 @@ def browser(viewer: ResidualViewer, split: str = "test", threshold: float = 0.2)
     for w in (w_slice, w_overlay, w_thr):
         w.observe(redraw, names="value")
     redraw()
-    ui = W.VBox([W.HBox([w_subject, w_slice]), W.HBox([w_overlay, w_thr]), out])
+    row = W.Layout(flex_flow="row wrap")  # controls wrap to the next line instead of shrinking
+    ui = _snapshot_box(W)([W.HBox([w_subject, w_slice], layout=row), W.HBox([w_overlay], layout=row),
+                           W.HBox([w_thr, units], layout=row), out])
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90, bbox_inches="tight")
+    ui.snapshot = png.getvalue()
+    ui.caption = f"residual browser: {state.subject}, slice {state.pos}, overlay {state.overlay}"
     ui.controls = dict(subject=w_subject, slice=w_slice, overlay=w_overlay, threshold=w_thr, output=out)
     return ui, state

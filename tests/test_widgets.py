@@ -124,3 +124,53 @@ def test_misclassified_figure(scored_run):
                               has_wmh=[False, True]))
     fig = figures.plot_misclassified(v, wrong)
     assert len(fig.axes) == 6
+
+
+def test_overlay_colours_match_the_notebook_text(scored_run):
+    """Notebook 04 says: thresholded residual yellow, ground truth red (figures/style.py)."""
+    from matplotlib.colors import to_rgba
+
+    from glio_kit.figures.style import LESION_COLOUR, RESIDUAL_COLOUR
+
+    assert (RESIDUAL_COLOUR, LESION_COLOUR) == ("yellow", "red")
+    v = widgets.ResidualViewer(scored_run)
+    tumour = v.subjects()[0]
+    fig = v.draw(tumour, v.default_slice(tumour), overlay="both", threshold=0.05)["fig"]
+    ax = fig.axes[0]
+    overlay = ax.images[1]  # above the grey input
+    assert overlay.cmap(1.0) == to_rgba(RESIDUAL_COLOUR)
+    contour_colours = {tuple(c) for coll in ax.collections for c in coll.get_edgecolor()}
+    assert contour_colours == {to_rgba(LESION_COLOUR)}
+    assert "yellow: residual > 0.05, red: ground truth" in fig._suptitle.get_text()
+
+
+def test_threshold_slider_in_generator_units_and_wide_enough(scored_run):
+    ui, _ = widgets.browser(widgets.ResidualViewer(scored_run))
+    thr = ui.controls["threshold"]
+    assert (thr.min, thr.max) == (0.0, 2.0)  # residual maps are in generator units 0..2
+    assert thr.layout.min_width == "300px"
+
+
+def test_opens_on_a_slice_whose_residual_shows(scored_run):
+    v = widgets.ResidualViewer(scored_run)
+    tumour = v.subjects()[0]
+    df = v.slices_of(tumour)
+    kind = v.settings.residual_kind
+    top = int(np.argmax(df.A.to_numpy()))
+    v.display_max(kind)  # the colour scale is fixed before the map is blanked
+    v.residual[kind] = v.residual[kind].copy()
+    v.residual[kind][int(df.iloc[top].k)] = 0.0  # the most anomalous slice's map is all black
+    pos = v.default_slice(tumour)
+    assert pos != top and v.panels(tumour, pos)["residual"].max() > 0
+    for k in df.k:  # nothing shows anywhere: the highest score
+        v.residual[kind][int(k)] = 0.0
+    assert v.default_slice(tumour) == top
+
+
+def test_browser_output_keeps_a_snapshot(scored_run):
+    """Opened without a kernel (or exported to HTML) the browser's output is a picture, not VBox(...)."""
+    ui, state = widgets.browser(widgets.ResidualViewer(scored_run))
+    bundle = ui._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # live in JupyterLab
+    assert bundle["image/png"] and not bundle["text/plain"].startswith("VBox")
+    assert state.subject in bundle["text/plain"]

@@ -49,12 +49,10 @@ def slice_montage(cache, n_subjects: int = 4, n_slices: int = 4, seed: int = 0):
         start = int(np.clip(centre - n_slices // 2, idx[0], max(idx[0], idx[-1] - n_slices + 1)))
         picks = np.minimum(start + np.arange(n_slices), idx[-1])
         for c, i in enumerate(picks):
-            show_slice(axes[r, c], cache.images[i], cache.lesion[i],
-                       f"{subject} z={cache.index.slice_index[i]}" if c == 0
-                       else f"z={cache.index.slice_index[i]}")
-        axes[r, 0].set_ylabel(group, fontsize=8)
+            show_slice(axes[r, c], cache.images[i], cache.lesion[i], f"z={cache.index.slice_index[i]}")
+        axes[r, 0].set_ylabel(f"{group}\n{subject}", fontsize=7)  # the name beside, not above, the row
     fig.suptitle("Prepared axial T2 slices (generator range -1..1); red = tumour label", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # leave the title its own line
     return fig
 
 

@@ -61,7 +61,11 @@ def draw_slice_panels(fig, panels: dict, subject: str, overlay: str = "both", th
     for ax, t in zip(axes, titles):
         ax.set_title(t, fontsize=9)
         bare(ax)
-    fig.suptitle(f"{subject}  slice z={panels['slice_index']}", fontsize=10)
+    key = {"residual": f"{RESIDUAL_COLOUR}: residual > {threshold:.2f}",
+           "ground truth": f"{LESION_COLOUR}: ground truth",
+           "both": f"{RESIDUAL_COLOUR}: residual > {threshold:.2f}, {LESION_COLOUR}: ground truth",
+           "none": ""}[overlay]
+    fig.suptitle(f"{subject}  slice z={panels['slice_index']}" + (f"   ({key})" if key else ""), fontsize=10)
     return dict(flagged_pixels=int(flagged.sum()), contour=contour)
 
 
