@@ -12,6 +12,8 @@ The YAML file::
     grid:                         # name -> list of values; every combination is one run
       lam: [0, 0.1, 0.5]
       mapping: [iterative, encoder]
+    cluster:                      # optional: where the runs execute (glio_kit.engine);
+      kind: local                 # default a local Dask cluster; slurm | pbs | sge | lsf
 
 Each grid point becomes the run folder ``<out>/<name>`` with ``name`` built from its values
 (``lam=0.1_mapping=encoder``). Runs whose parameters for the first notebooks (data prep and
@@ -39,7 +41,7 @@ import re
 import shutil
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 import pandas as pd
@@ -71,7 +73,7 @@ def load_grid(path) -> dict:
         raise GlioKitError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(spec, dict):
         raise GlioKitError(f"{path}: expected a mapping with profile, out, base and grid")
-    known = {"profile", "out", "base", "grid", "workers", *COHORT_KEYS}
+    known = {"profile", "out", "base", "grid", "workers", "cluster", *COHORT_KEYS}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise GlioKitError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -99,6 +101,9 @@ def load_grid(path) -> dict:
             out[k] = str(spec[k])
     if spec.get("workers"):
         out["workers"] = int(spec["workers"])
+    from .engine import check_cluster
+
+    out["cluster"] = check_cluster(spec.get("cluster"), path)  # where the runs execute: glio_kit.engine
     return out
 
 
@@ -278,8 +283,9 @@ def run_batch(grid_path, workers: int = 1, force: bool = False, executor=None, d
     executor : callable ``(run_dir, profile, params, notebooks=None, force=False)``; default
         :func:`glio_kit.runner.run_chain`. Tests inject a fake one.
     declared : ``{notebook: parameter names}``; default from the table of steps.
-    pool : ``"process"`` (default for the real executor with workers > 1: each run in its own
-        process), ``"thread"`` (default for an injected executor) or ``"auto"``.
+    pool : ``"dask"`` (default for the real executor: a Dask cluster, local unless the grid's
+        ``cluster:`` section names SLURM, PBS, ... (:mod:`glio_kit.engine`); each run a task),
+        ``"thread"`` (default for an injected executor) or ``"auto"``.
     cohorts : write the synthetic cohort(s) once before the runs start
         (:func:`prepare_synthetic_cohorts`); ``"auto"`` = with the real executor only.
     Returns the summary table (also written as ``<out>/summary.csv``, ``.md``, ``.png``).
@@ -293,7 +299,7 @@ def run_batch(grid_path, workers: int = 1, force: bool = False, executor=None, d
 
     executor = executor or _default_executor
     if pool == "auto":
-        pool = "process" if executor is _default_executor and workers > 1 else "thread"
+        pool = "dask" if executor is _default_executor else "thread"
     if cohorts == "auto":
         cohorts = executor is _default_executor
     if cohorts and pending:
@@ -301,9 +307,11 @@ def run_batch(grid_path, workers: int = 1, force: bool = False, executor=None, d
             prepare_synthetic_cohorts([plan.by_name[n] for n in pending], plan.profile, say)
         except Exception as err:  # noqa: BLE001 - each run then reports its own error
             say(f"[batch] could not prepare the synthetic cohort up front: {_error_line(err)}")
-    Pool = ProcessPoolExecutor if pool == "process" else ThreadPoolExecutor
-    with Pool(max_workers=max(1, int(workers))) as ex:
-        _execute(plan, pending, status, ex, executor, force, say)
+    if pending:
+        from .engine import Engine
+
+        with Engine(pool, workers, plan.spec.get("cluster"), plan.out, say) as engine:
+            _execute(plan, pending, status, engine.executor, executor, force, say)
     return summarise(plan.out, plan.runs, status, plan.group_of)
 
 
@@ -373,7 +381,7 @@ def _execute(plan: _Plan, pending: list[str], status: dict, ex, executor, force:
         done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
         for f in done:
             kind, ident = futures.pop(f)
-            res = f.result()
+            res = _outcome(f)
             if kind == "prefix":
                 prefix_result[ident] = res
                 for name in needed[ident]:
@@ -383,6 +391,16 @@ def _execute(plan: _Plan, pending: list[str], status: dict, ex, executor, force:
                                ("run", name))
             else:
                 _finish_run(plan, ident, res, prefix_result, status, say)
+
+
+def _outcome(future) -> dict:
+    """What :func:`_job` returned, or a failure when its worker died (a lost cluster node,
+    a run that killed its process): the run is reported failed and a later batch retries it."""
+    try:
+        return future.result()
+    except Exception as err:  # noqa: BLE001 - e.g. distributed.KilledWorker
+        return dict(ok=False, seconds=0.0, error=f"worker lost: {_error_line(err)}",
+                    traceback=traceback.format_exc())
 
 
 def _seed_run(plan: _Plan, key: str, name: str, res: dict, status: dict, say) -> bool:
