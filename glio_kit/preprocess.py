@@ -22,6 +22,7 @@ The cache (``<run>/cache/``) holds ``images.npy`` (float32, N x H x W, in [-1, 1
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -141,15 +142,87 @@ def resize_slices(stack: np.ndarray, hw, kind: str = "image") -> np.ndarray:
     return t[:, 0].numpy()
 
 
+# ------------------------------------------------------------------- volume checks
+#: A volume must be at least this many voxels along each axis, and its brain mask this many voxels.
+MIN_SIDE, MIN_BRAIN_VOXELS = 8, 500
+#: The brain mask (voxels above 0) of a skull-stripped volume covers well under half of the
+#: field of view (a brain cropped tight to its bounding box: about half); more means skull,
+#: scalp or a non-zero background are in it.
+MAX_BRAIN_FOV = 0.6
+#: Share of the non-zero voxels that may be negative: a raw T2 has none (a few from
+#: resampling); a z-scored volume has about half, which the "above 0 = brain" rule would drop.
+MAX_NEGATIVE = 0.05
+
+
+def check_volume(subject: Subject, data: np.ndarray, brain: np.ndarray, seg, settings: PrepSettings) -> list:
+    """Checks of one volume before it reaches the cache.
+
+    data : (X, Y, Z) float32; brain : (X, Y, Z) bool (:func:`brain_mask`); seg : labels or None.
+    Raises :class:`InputError` naming the file for what the kit cannot use (too small, constant,
+    negative intensities of a normalised volume, a brain mask covering most of the field of view,
+    fewer axial slices than ``n_slices``, a tumour case with an empty segmentation). Returns
+    warnings (str) for what the user may mean: a tumour case without a segmentation, a healthy
+    subject with a lesion mask (and, found later, a tumour outside the sampled slices).
+    """
+    img = subject.image
+    if min(data.shape) < MIN_SIDE:
+        raise InputError(img, f"volume of shape {data.shape} is too small to be a brain MRI (at least "
+                              f"{MIN_SIDE} voxels along each axis)")
+    nonzero = data[data != 0]
+    if nonzero.size and float(nonzero.min()) == float(nonzero.max()) and nonzero.size > 0.99 * data.size:
+        raise InputError(img, f"constant volume: every voxel is {float(nonzero[0]):g}; there is no image "
+                              "to learn from")
+    neg = int((nonzero < 0).sum())
+    if neg > MAX_NEGATIVE * nonzero.size:
+        raise InputError(img, f"{100 * neg / nonzero.size:.0f}% of the non-zero voxels are negative: the "
+                              "volume looks already normalised (e.g. z-scored). The kit's brain mask is "
+                              "the voxels above 0, so it would lose them; give the raw skull-stripped T2 "
+                              "(the kit normalises it itself: normalisation = sd | zscore | percentile)")
+    fov = float(brain.mean())
+    if fov > MAX_BRAIN_FOV:
+        raise InputError(img, f"the brain mask (voxels above 0) covers {100 * fov:.0f}% of the field of "
+                              "view: the volume does not look skull-stripped (or its background is not 0). "
+                              "Skull-strip it and write the background as 0 (data/README.md: HD-BET or "
+                              "FSL BET)")
+    if int(brain.sum()) < MIN_BRAIN_VOXELS:
+        raise InputError(img, f"the brain mask (voxels above 0) holds only {int(brain.sum())} voxels; "
+                              "too few for a brain volume")
+    vals = data[brain]
+    if float(vals.min()) == float(vals.max()):
+        raise InputError(img, f"the brain holds one intensity value ({float(vals[0]):g}): no contrast "
+                              "to learn from")
+    zs = slab_indices(brain, settings.slab, settings.n_slices)
+    n_unique, n = len(np.unique(zs)), settings.n_slices
+    if n_unique < n:
+        raise InputError(img, f"the brain spans only {n_unique} axial slices in the slab "
+                              f"{list(settings.slab)} of its extent, fewer than n_slices={n}: slices would "
+                              "repeat. Lower n_slices or widen slab (or check the volume's orientation and "
+                              "slice thickness)")
+    warnings = []
+    if seg is not None and not seg.any() and subject.label == 1:
+        raise InputError(subject.mask, "segmentation of a tumour case is empty (no labelled voxel); "
+                                       "check the file, or leave the mask out to use the case without "
+                                       "pixel metrics")
+    if seg is None and subject.label == 1:
+        warnings.append("tumour case without a segmentation: it counts for detection, not for the pixel "
+                        "metrics")
+    if seg is not None and seg.any() and subject.label == 0:
+        warnings.append(f"healthy subject whose mask {Path(subject.mask).name} marks {int((seg > 0).sum())} "
+                        "voxels; the mask is used for pixel metrics only, the subject counts as healthy")
+    return warnings
+
+
 def preprocess_volume(subject: Subject, settings: PrepSettings) -> dict:
-    """Everything the cache stores for one subject.
+    """Everything the cache stores for one subject (checked first: :func:`check_volume`).
 
     Returns dict with ``images`` (n_slices, H, W) float32 in [-1, 1], ``brain`` and
-    ``lesion`` (n_slices, H, W) uint8, and ``slice_index`` (n_slices,) int.
+    ``lesion`` (n_slices, H, W) uint8, ``slice_index`` (n_slices,) int and ``warnings``
+    (list of str, for the cohort summary).
     """
     vol = load_volume(subject.image)
     brain = brain_mask(vol.data)
     seg = load_segmentation(subject.mask, vol) if subject.mask else None
+    warnings = check_volume(subject, vol.data, brain, seg, settings)
     method = settings.normalisation
     x = to_generator_range(normalise(vol.data, brain, method), brain, method)
     zs = slab_indices(brain, settings.slab, settings.n_slices)
@@ -164,8 +237,13 @@ def preprocess_volume(subject: Subject, settings: PrepSettings) -> dict:
     if seg is not None:
         les = np.stack([crop_pad(axial_view(seg > 0, z), box, False) for z in zs]).astype(np.float32)
         out["lesion"] = (resize_slices(les, hw, "mask") > 0.5).astype(np.uint8) * out["brain"]
+        if subject.label == 1 and not out["lesion"].any():
+            warnings.append(f"the tumour lies outside the {settings.n_slices} sampled slices (slab "
+                            f"{list(settings.slab)}): the subject counts as tumour but its slices show "
+                            "none; widen slab if this is not meant")
     else:
         out["lesion"] = np.zeros_like(out["brain"])
+    out["warnings"] = warnings
     return out
 
 
@@ -196,6 +274,10 @@ def assign_splits(train_healthy: list[Subject], test_healthy: list[Subject], tes
 
 
 # ----------------------------------------------------------------------------- cache
+#: Columns of ``<cache>/warnings.csv``: one row per warning of :func:`check_volume`.
+WARNING_COLUMNS = ["subject", "split", "label", "file", "warning"]
+
+
 class SliceCache:
     """The preprocessed slices of a run, memory-mapped.
 
@@ -206,6 +288,11 @@ class SliceCache:
     index : DataFrame, one row per slice (``row, subject, label, split, slice_index,
         slice_pos, lesion_pixels, brain_pixels``)
     meta : dict, the preprocessing parameters
+    warnings : DataFrame (:data:`WARNING_COLUMNS`), what the volume checks warned about
+
+    A file of the cache that cannot be read (cut short, edited, of another shape than the
+    index says) raises :class:`~glio_kit.errors.RunFolderError` naming it and saying how to
+    rebuild the cache.
     """
 
     FILES = ("images.npy", "brain.npy", "lesion.npy", "index.csv", "prep.json")
@@ -216,11 +303,30 @@ class SliceCache:
         if missing:
             raise InputError(self.folder,
                              f"not a complete slice cache (missing {missing}); run notebook 01 first")
-        self.index = pd.read_csv(self.folder / "index.csv", dtype={"subject": str})
-        self.images = np.load(self.folder / "images.npy", mmap_mode="r")
-        self.brain = np.load(self.folder / "brain.npy", mmap_mode="r")
-        self.lesion = np.load(self.folder / "lesion.npy", mmap_mode="r")
-        self.meta = json.loads((self.folder / "prep.json").read_text())
+        self.index = self._read("index.csv", lambda p: pd.read_csv(p, dtype={"subject": str}))
+        self.images, self.brain, self.lesion = (self._read(f, lambda p: np.load(p, mmap_mode="r"))
+                                                for f in ("images.npy", "brain.npy", "lesion.npy"))
+        self.meta = self._read("prep.json", lambda p: json.loads(p.read_text()))
+        warn = self.folder / "warnings.csv"
+        self.warnings = (self._read("warnings.csv", pd.read_csv) if warn.exists()
+                         else pd.DataFrame(columns=WARNING_COLUMNS))
+        shapes = {a.shape for a in (self.images, self.brain, self.lesion)}
+        if len(shapes) != 1 or next(iter(shapes))[0] != len(self.index) or "subject" not in self.index:
+            self._corrupt("the arrays and index.csv do not agree "
+                          f"(shapes {sorted(shapes)}, {len(self.index)} index rows)")
+
+    def _read(self, name: str, reader):
+        try:
+            return reader(self.folder / name)
+        except Exception as err:  # noqa: BLE001 - any reader's error means the same to the user
+            self._corrupt(f"{name} cannot be read ({type(err).__name__}: {err})")
+
+    def _corrupt(self, problem: str):
+        from .errors import RunFolderError
+
+        raise RunFolderError(f"{self.folder}: the slice cache is damaged: {problem}. Rebuild it: "
+                             f"`glio-kit run --force prep` (or notebook 01 with overwrite=True), or use a "
+                             f"new run folder")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -247,15 +353,26 @@ class SliceCache:
         )).reset_index()
 
 
+def _all_errors(errors: list) -> InputError:
+    """One InputError for every volume that cannot be used (the first one's file leads)."""
+    if len(errors) == 1:
+        return errors[0]
+    rest = "".join(f"\n  {e}" for e in errors[1:21]) + ("\n  ..." if len(errors) > 21 else "")
+    return InputError(errors[0].path, f"{errors[0].problem}\n{len(errors) - 1} more volume(s) cannot be "
+                                      f"used:{rest}")
+
+
 def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progress: bool = True) -> SliceCache:
     """Preprocess ``subjects`` one volume at a time into a slice cache at ``folder``.
 
     The arrays are written slice-block by slice-block straight into pre-allocated ``.npy``
     files, so peak memory is that of one volume whatever the cohort size. The cache is built
     in ``<folder>.partial`` and renamed when complete: an interrupted run never leaves a
-    cache that looks finished.
+    cache that looks finished. Every volume is checked (:func:`check_volume`); the volumes
+    that cannot be used are named together in one :class:`InputError` and no cache is left;
+    warnings go to ``warnings.csv`` (:data:`WARNING_COLUMNS`).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from .runtime import quiet
 
@@ -271,11 +388,15 @@ def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progres
         arr = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dtype, shape=(n, h, w))
         offsets[name] = arr.offset
         del arr  # header written; data goes in by plain file writes (page cache, not our RSS)
-    rows = []
+    rows, warnings, errors = [], [], []
     files = {name: open(tmp / name, "r+b") for name in specs}
     try:
         for k, subj in enumerate(tqdm(subjects, desc="preprocess", disable=not progress or quiet())):
-            out = preprocess_volume(subj, settings)
+            try:
+                out = preprocess_volume(subj, settings)
+            except InputError as err:  # every bad volume is reported, not only the first
+                errors.append(err)
+                continue
             for name, key in (("images.npy", "images"), ("brain.npy", "brain"), ("lesion.npy", "lesion")):
                 block = np.ascontiguousarray(out[key], dtype=specs[name])
                 files[name].seek(offsets[name] + k * block.nbytes)
@@ -286,9 +407,15 @@ def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progres
                                  lesion_pixels=int(out["lesion"][j].sum()),
                                  brain_pixels=int(out["brain"][j].sum()),
                                  image=str(subj.image), mask=str(subj.mask or "")))
+            warnings += [dict(subject=subj.subject, split=subj.split, label=subj.label, file=str(subj.image),
+                              warning=w) for w in out["warnings"]]
     finally:
         for f in files.values():
             f.close()
+    if errors:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _all_errors(errors)
+    pd.DataFrame(warnings, columns=WARNING_COLUMNS).to_csv(tmp / "warnings.csv", index=False)
     pd.DataFrame(rows).to_csv(tmp / "index.csv", index=False)
     meta = {k: v for k, v in settings.identity().items() if not k.startswith("synth_")}
     meta["generator_window"] = GENERATOR_WINDOW[settings.normalisation]
@@ -300,13 +427,24 @@ def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progres
 
 
 # -------------------------------------------------------------------------- the step
-def resolve_cohort(settings: PrepSettings, train_healthy_dir: str = "", test_healthy_dir: str = "",
-                   test_tumor_dir: str = "", progress: bool = True) -> dict:
-    """The three cohort folders: the user's, or the synthetic demo cohort when all are empty.
+COHORT_GROUPS = ("train_healthy", "test_healthy", "test_tumor")
 
-    The synthetic cohort is ``<data>/synthetic-<profile>-seed<seed>``, written once with the
-    ``synth_*`` settings and reused afterwards. Returns dict with ``train_healthy``,
-    ``test_healthy``, ``test_tumor`` (str paths) and ``synthetic`` (bool).
+
+def synthetic_root(settings: PrepSettings) -> Path:
+    """The synthetic demo cohort's folder: ``<data>/synthetic-<profile>-seed<seed>`` (absolute)."""
+    from .runtime import default_data_dir
+
+    return (default_data_dir() / f"synthetic-{settings.profile}-seed{settings.seed}").expanduser().resolve()
+
+
+def cohort_folders(settings: PrepSettings, train_healthy_dir: str = "", test_healthy_dir: str = "",
+                   test_tumor_dir: str = "") -> dict:
+    """The three cohort folders step 01 reads, as absolute paths, without touching any file.
+
+    The user's folders (relative ones taken from the working directory), or the synthetic
+    cohort's when all three are empty. Returns ``{"train_healthy", "test_healthy",
+    "test_tumor"}`` -> str: part of the prep step's identity (:func:`prepare`), and what the
+    runner compares with the step record before any notebook starts.
     """
     given = {"train_healthy_dir": train_healthy_dir, "test_healthy_dir": test_healthy_dir,
              "test_tumor_dir": test_tumor_dir}
@@ -315,18 +453,30 @@ def resolve_cohort(settings: PrepSettings, train_healthy_dir: str = "", test_hea
         if missing:
             raise InputError(", ".join(missing), "is empty: give all three cohort folders for real data, "
                              "or none to use the synthetic demo cohort")
-        return dict(train_healthy=str(train_healthy_dir), test_healthy=str(test_healthy_dir),
-                    test_tumor=str(test_tumor_dir), synthetic=False)
-    from .runtime import default_data_dir
+        return {g: os.path.abspath(os.path.expanduser(str(v))) for g, v in zip(COHORT_GROUPS, given.values())}
+    root = synthetic_root(settings)
+    return {g: str(root / g) for g in COHORT_GROUPS}
+
+
+def resolve_cohort(settings: PrepSettings, train_healthy_dir: str = "", test_healthy_dir: str = "",
+                   test_tumor_dir: str = "", progress: bool = True) -> dict:
+    """The three cohort folders: the user's, or the synthetic demo cohort when all are empty.
+
+    The synthetic cohort is ``<data>/synthetic-<profile>-seed<seed>``, written once with the
+    ``synth_*`` settings and reused afterwards. Returns dict with ``train_healthy``,
+    ``test_healthy``, ``test_tumor`` (absolute str paths, :func:`cohort_folders`) and
+    ``synthetic`` (bool).
+    """
+    folders = cohort_folders(settings, train_healthy_dir, test_healthy_dir, test_tumor_dir)
+    if any((train_healthy_dir, test_healthy_dir, test_tumor_dir)):
+        return dict(folders, synthetic=False)
     from .synth import make_cohort
 
     s = settings
-    root = default_data_dir() / f"synthetic-{s.profile}-seed{s.seed}"
-    paths = make_cohort(root, n_train_healthy=s.synth_train_healthy, n_test_healthy=s.synth_test_healthy,
-                        n_test_tumor=s.synth_test_tumor, seed=s.seed, voxel_size=s.synth_voxel_size,
-                        wmh_fraction=s.synth_wmh_fraction, progress=progress)
-    return dict(train_healthy=str(paths["train_healthy"]), test_healthy=str(paths["test_healthy"]),
-                test_tumor=str(paths["test_tumor"]), synthetic=True)
+    make_cohort(synthetic_root(s), n_train_healthy=s.synth_train_healthy, n_test_healthy=s.synth_test_healthy,
+                n_test_tumor=s.synth_test_tumor, seed=s.seed, voxel_size=s.synth_voxel_size,
+                wmh_fraction=s.synth_wmh_fraction, progress=progress)
+    return dict(folders, synthetic=True)
 
 
 def prepare(run, settings: PrepSettings, cohort: dict, overwrite: bool = False,
@@ -335,7 +485,9 @@ def prepare(run, settings: PrepSettings, cohort: dict, overwrite: bool = False,
 
     cohort : from :func:`resolve_cohort`. Reuses the cache when this run folder already
     prepared the same cohort with the same settings; stops with
-    :class:`~glio_kit.errors.RunFolderError` when it holds another.
+    :class:`~glio_kit.errors.RunFolderError` when it holds another. Volumes the kit cannot use
+    stop it with one :class:`InputError` naming each; warnings are printed and kept in
+    ``cache/warnings.csv`` (the cohort summary counts them).
     """
     folders = {k: cohort[k] for k in ("train_healthy", "test_healthy", "test_tumor")}
     if run.claim_step("prep", settings, extra=folders, overwrite=overwrite) and (run / "cache").exists():
@@ -344,6 +496,8 @@ def prepare(run, settings: PrepSettings, cohort: dict, overwrite: bool = False,
                              discover(cohort["test_tumor"]), settings.val_fraction, settings.seed,
                              source=cohort["train_healthy"])
     cache = build_cache(subjects, run / "cache", settings, progress=progress)
+    for w in cache.warnings.itertuples():
+        print(f"warning: {w.subject} ({w.file}): {w.warning}")
     counts = cache.subjects().groupby("split").size().to_dict()
-    run.mark_done("prep", n_slices=len(cache), subjects=counts)
+    run.mark_done("prep", n_slices=len(cache), subjects=counts, warnings=len(cache.warnings))
     return cache
