@@ -41,7 +41,7 @@ def compare_learning_rates(cache, settings: TrainSettings, lrs=(0.0002, 0.002), 
     Trained in memory: nothing is written and the run's model is not touched (the global
     random states are put back afterwards). ``n``: samples kept per learning rate (at most 16).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     rows = training_rows(cache)
     device = choose_device(settings.device)

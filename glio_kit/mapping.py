@@ -215,7 +215,7 @@ def map_iterative(G: nn.Module, D: nn.Module, x, steps: int, lam: float = 0.1, l
     callback : ``callback(step, z, loss)`` after each backward pass, before the update (for
         tests and teaching: ``z`` is the optimised leaf with its ``.grad``).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     p = _param(G)
     x = _as_images(x, p)
@@ -355,7 +355,7 @@ def _fit_encoder(E: Encoder, G, D, opt, data: torch.Tensor, shuffle: torch.Gener
     Returns one dict per epoch: ``epoch, loss, mse_image, mse_features`` (means over the
     epoch's slices) and ``seconds``.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     n, bs, epochs = len(data), settings.encoder_batch_size, settings.encoder_epochs
     kappa = float(settings.kappa)

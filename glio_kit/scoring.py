@@ -254,7 +254,7 @@ def _map_all(sdir: Path, cache, rows: np.ndarray, idx: pd.DataFrame, G, D, E, se
     """Map the cache ``rows`` in batches; write ``recon.npy``, ``latents.npy`` and the residual
     maps (:data:`RESIDUAL_FILES`) into ``sdir`` as memory maps, in ``k`` order."""
     from numpy.lib.format import open_memmap
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     m, (h, w) = len(rows), cache.images.shape[1:]
     steps = settings.mapping_steps if settings.mapping != "encoder" else 0

@@ -333,7 +333,7 @@ def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progre
     (True when this exact training was already done and nothing ran), ``device``,
     ``resumed_from`` (epoch), ``data_mode``, ``n_train``, ``amp_dtype``.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     image_size = [int(s) for s in cache.images.shape[1:]]
     done = run.claim_step("train", settings, extra={"image_size": image_size}, overwrite=overwrite)

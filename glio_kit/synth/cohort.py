@@ -138,7 +138,7 @@ def _write_subjects(plan, root, voxel_size, workers, progress):
     records = [None] * len(plan)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         bar = tqdm(total=len(plan), desc="synthetic cohort", unit="subject")
     if workers == 1:
