@@ -19,7 +19,6 @@ training ends with the very same weights as one that ran in one go.
 """
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from pathlib import Path
@@ -27,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .errors import RunFolderError
 from .model import build_models
 
-__all__ = ["CHECKPOINTS", "checkpoint_path", "make_checkpoint", "save_checkpoint", "resumable_checkpoint",
-           "rng_state", "restore_rng", "load_models"]
+__all__ = ["CHECKPOINTS", "checkpoint_path", "make_checkpoint", "save_checkpoint", "load_checkpoint",
+           "resumable_checkpoint", "rng_state", "restore_rng", "load_models"]
 
 CHECKPOINTS = Path("train") / "checkpoints"  # inside the run folder
 
@@ -54,10 +54,33 @@ def make_checkpoint(epoch: int, gan, config: dict, rng: dict, fixed_z: torch.Ten
 
 def save_checkpoint(checkpoint: dict, path) -> None:
     """Write atomically: a crash while saving leaves the previous file whole."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+#: What every checkpoint holds (the table above).
+REQUIRED_KEYS = ("epoch", "G", "D", "config")
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` of a checkpoint; a file that cannot be read (cut
+    short, empty, not a checkpoint) raises :class:`RunFolderError` naming it and what to do."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    todo = ("Delete it and redo the training (`glio-kit run --force train`, or notebook 02 with "
+            "overwrite=True)")
+    if path.name == "last.pt":
+        todo += "; or copy the newest epoch_XXX.pt beside it to last.pt to resume from that epoch"
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - zip reader, EOFError, unpickling: all mean a damaged file
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise RunFolderError(f"{path}: the checkpoint cannot be read ({type(err).__name__}: {first}); "
+                             f"it is damaged or was cut short (a full disk, a copy that stopped). "
+                             f"{todo}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise RunFolderError(f"{path}: not a glio-kit training checkpoint (missing {missing}). {todo}")
+    return ckpt
 
 
 def resumable_checkpoint(run, config: dict, epochs: int) -> dict | None:
@@ -69,7 +92,7 @@ def resumable_checkpoint(run, config: dict, epochs: int) -> dict | None:
     path = checkpoint_path(run)
     if not path.exists():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path, "cpu")
     keys = [k for k in config if k != "epochs"]
     same = {k: ckpt.get("config", {}).get(k) for k in keys} == {k: config[k] for k in keys}
     return ckpt if same and int(ckpt["epoch"]) <= epochs else None
@@ -135,7 +158,7 @@ def load_models(run, device="cpu"):
         raise RunFolderError(f"{path}: no trained model in this run folder; run the training step "
                              f"(notebook 02 or train_dcgan) with this run_dir first")
     device = torch.device(device)
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(path, device)
     c = ckpt["config"]
     G, D = build_models(c["latent_dim"], c["ngf"], c["ndf"], c["image_size"])
     G, D = G.to(device), D.to(device)

@@ -31,8 +31,9 @@ import torch.nn as nn
 
 from .checkpoints import (checkpoint_path, load_models, make_checkpoint, restore_rng, resumable_checkpoint,
                           rng_state, save_checkpoint)
+from .atomic import atomic_path
 from .config import TrainSettings
-from .errors import InputError
+from .errors import InputError, RunFolderError
 from .model import build_models
 from .runtime import choose_device, quiet, seed_everything
 from .samples import GRID_NROW, N_SAMPLES, SAMPLES, fixed_samples, save_grid, save_real_grid
@@ -245,7 +246,20 @@ def read_losses(run) -> pd.DataFrame:
     """``<run>/train/losses.csv``: one row per epoch, columns :data:`LOSS_COLUMNS` (seconds,
     images per second), empty before the first epoch."""
     p = Path(run / LOSSES)
-    return pd.read_csv(p) if p.exists() else pd.DataFrame(columns=LOSS_COLUMNS)
+    if not p.exists():
+        return pd.DataFrame(columns=LOSS_COLUMNS)
+    try:
+        losses = pd.read_csv(p)
+    except Exception as err:  # noqa: BLE001 - EmptyDataError, ParserError, UnicodeDecodeError, ...
+        losses, problem = None, f"{type(err).__name__}: {err}"
+    if losses is not None:
+        missing = [c for c in LOSS_COLUMNS if c not in losses.columns]
+        problem = f"columns {missing} are missing" if missing else ""
+    if problem:
+        raise RunFolderError(f"{p}: the training's loss log cannot be read ({problem}); it is damaged or "
+                             f"was cut short. Redo the training (`glio-kit run --force train`, or notebook "
+                             f"02 with overwrite=True), or use a new run folder")
+    return losses
 
 
 def _log_epoch(run, losses: pd.DataFrame, epoch: int, s: EpochStats, seconds: float) -> pd.DataFrame:
@@ -253,7 +267,8 @@ def _log_epoch(run, losses: pd.DataFrame, epoch: int, s: EpochStats, seconds: fl
                images_per_s=s.images / seconds)
     new = pd.DataFrame([row])
     losses = pd.concat([losses, new], ignore_index=True) if len(losses) else new
-    losses[LOSS_COLUMNS].to_csv(run / LOSSES, index=False)
+    with atomic_path(run / LOSSES) as tmp:  # a kill while writing leaves the previous log whole
+        losses[LOSS_COLUMNS].to_csv(tmp, index=False)
     return losses
 
 
