@@ -220,18 +220,58 @@ def _existing_cohort(root: Path, params: dict, overwrite: bool) -> str:
         raise RunFolderError(
             f"{root}: holds a different synthetic cohort ({what}); nothing was "
             f"changed. Use another folder or overwrite=True.")
+    strangers = _strangers(root, meta)
+    if strangers:
+        shown = ", ".join(str(p.relative_to(root)) for p in strangers[:10])
+        more = f" and {len(strangers) - 10} more" if len(strangers) > 10 else ""
+        raise RunFolderError(
+            f"{root}: holds files that are not part of the synthetic cohort (not listed in its "
+            f"cohort.json): {shown}{more}. Nothing was changed; overwrite only ever removes the "
+            f"cohort's own files. Move these elsewhere, or write the cohort to another folder.")
     return "replace"
 
 
+def _listed(root: Path, meta: dict) -> set:
+    """The files a cohort's ``cohort.json`` accounts for: itself, the README, every T2 and label map."""
+    files = {root / "cohort.json", root / "README.md"}
+    for rec in meta.get("subjects", []):
+        files |= {root / rec[k] for k in ("t2", "seg") if rec.get(k)}
+    return files
+
+
+def _strangers(root: Path, meta: dict) -> list:
+    """Everything under ``root`` that the cohort does not account for (files, links, and folders
+    that hold none of its files), sorted."""
+    listed = _listed(root, meta)
+    folders = {d for f in listed for d in f.parents if root in d.parents} | {root / g for g in GROUPS}
+    return sorted(p for p in root.rglob("*")
+                  if (p not in listed if (p.is_file() or p.is_symlink()) else p not in folders))
+
+
 def _move_into_place(tmp: Path, root: Path, existing: str) -> None:
-    """Rename the finished folder ``tmp`` to ``root``, replacing what :func:`_existing_cohort` found."""
+    """Rename the finished folder ``tmp`` to ``root``, replacing what :func:`_existing_cohort` found.
+
+    A replaced cohort is moved aside and only the files its ``cohort.json`` lists are deleted;
+    anything else found there by then is left in the moved-aside folder, which is named.
+    """
     if not root.exists():
         tmp.rename(root)
     elif existing == "replace":
+        meta = _read_cohort_json(root) or {}
         trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
         root.rename(trash)
         tmp.rename(root)
-        shutil.rmtree(trash, ignore_errors=True)
+        for f in _listed(trash, meta):
+            if f.is_file() or f.is_symlink():
+                f.unlink()
+        for d in sorted((d for d in trash.rglob("*") if d.is_dir() and not d.is_symlink()),
+                        key=lambda d: -len(d.parts)):
+            if not any(d.iterdir()):
+                d.rmdir()
+        if any(trash.iterdir()):
+            print(f"[synth] {trash}: files that appeared in {root} while it was rewritten were kept here")
+        else:
+            trash.rmdir()
     else:
         root.rmdir()  # empty folder
         tmp.rename(root)
@@ -306,7 +346,8 @@ def make_cohort(out_dir, n_train_healthy=60, n_test_healthy=27, n_test_tumor=27,
     overwrite : bool, default=False
         Replace an existing synthetic cohort with different parameters (or an
         incomplete one). A complete cohort with the same parameters is always reused; a
-        folder that is not a synthetic cohort is never replaced.
+        folder that is not a synthetic cohort is never replaced, nor one holding files its
+        ``cohort.json`` does not list (they are named); only listed files are deleted.
     progress : bool, default=True
         Show a tqdm progress bar.
     workers : int, optional
