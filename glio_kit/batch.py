@@ -3,7 +3,7 @@
 The YAML file::
 
     profile: demo                 # smoke | demo | paper
-    out: runs/grid-demo           # batch folder (relative to the current directory)
+    out: ../runs/grid-demo        # batch folder (relative paths: from the grid file's folder)
     train_healthy_dir: ""         # optional cohort folders ("" = the synthetic cohort)
     test_healthy_dir: ""
     test_tumor_dir: ""
@@ -26,7 +26,9 @@ Resumable: a run whose metrics step is done and whose ``metrics.json`` exists is
 (``--force`` redoes everything). A failing run is reported as failed in the summary, with the
 first line of its error (the traceback goes to ``<out>/errors/<run>.txt``; the executed
 notebook in ``<run>/notebooks/`` shows the failing cell), and the other runs go on. At the
-end the batch folder holds ``summary.csv``, ``summary.md`` and ``summary.png``.
+end the batch folder holds ``summary.csv``, ``summary.md`` and ``summary.png``. The batch
+folder must be new, empty or an earlier batch's: a folder of the user's is refused, never
+written into.
 
 Hard links share file contents: later steps must write their own files (``score/`` …),
 never rewrite files of the prep and train steps in place, or they would change them for
@@ -48,6 +50,7 @@ import pandas as pd
 import yaml
 
 from .batch_summary import error_line as _error_line
+from .atomic import write_text
 from .batch_summary import summarise, value_str
 from .errors import GlioKitError
 from .runtime import RUN_MARKER, RunDir, params_digest
@@ -59,11 +62,21 @@ PREFIX_NOTEBOOKS = tuple(step(name).notebook for name in PREFIX_STEPS)
 NOT_SHARED_KEYS = ("run_dir", "overwrite")
 COHORT_KEYS = ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir")
 SHARED_DIR = "_shared"
+#: The file that marks a folder as a batch folder (written by every batch).
+BATCH_MARKER = "batch.json"
 
 
 # ----------------------------------------------------------------------- the grid
+def _from(folder: Path, value) -> str:
+    """``value`` as an absolute path: ``~`` expanded, a relative path taken from ``folder``."""
+    return os.path.normpath(os.path.join(folder, os.path.expanduser(str(value))))
+
+
 def load_grid(path) -> dict:
-    """Read and check a grid YAML file; returns dict profile, out, base, grid (+ cohort folders)."""
+    """Read and check a grid YAML file; returns dict profile, out, base, grid (+ cohort folders).
+
+    ``out`` and the cohort folders (at the top, in ``base`` or in ``grid``) come back absolute,
+    relative ones taken from the grid file's folder (not from where the command runs)."""
     path = Path(path)
     if not path.exists():
         raise GlioKitError(f"{path}: grid file not found")
@@ -95,10 +108,15 @@ def load_grid(path) -> dict:
         profile = profile_name(spec.get("profile"))
     except ValueError as err:
         raise GlioKitError(f"{path}: {err}") from None
-    out = dict(profile=profile, out=str(spec["out"]), base=dict(base), grid=dict(grid))
+    here = path.resolve().parent  # paths in a grid file are taken from the grid file's folder
+    out = dict(profile=profile, out=_from(here, spec["out"]), base=dict(base), grid=dict(grid))
     for k in COHORT_KEYS:
         if spec.get(k):
-            out[k] = str(spec[k])
+            out[k] = _from(here, spec[k])
+        if base.get(k):
+            out["base"][k] = _from(here, base[k])
+        if k in grid:
+            out["grid"][k] = [_from(here, v) if v else v for v in grid[k]]
     if spec.get("workers"):
         out["workers"] = int(spec["workers"])
     from .engine import check_cluster
@@ -335,8 +353,7 @@ class _Plan:
 def _plan_batch(grid_path, declared: dict | None) -> _Plan:
     """Read the grid, check its parameter names against the notebooks, plan the runs."""
     spec = load_grid(grid_path)
-    out = Path(spec["out"]).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = adopt_batch_folder(spec["out"], grid_path)
     declared = {k: set(v) for k, v in (declared if declared is not None else declared_by_notebook()).items()}
     if not declared:
         raise GlioKitError("no notebooks found to run")
@@ -349,9 +366,38 @@ def _plan_batch(grid_path, declared: dict | None) -> _Plan:
     return _Plan(spec, declared, runs, out)
 
 
+def is_batch_folder(out) -> bool:
+    """True when ``out`` holds a ``batch.json`` that ``glio-kit batch`` wrote."""
+    try:
+        meta = json.loads((Path(out) / BATCH_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and ("glio_kit" in meta or {"profile", "grid", "runs"} <= set(meta))
+
+
+def adopt_batch_folder(out, grid_path="") -> Path:
+    """The batch folder ``out`` (absolute), created if missing. An existing folder is used only
+    when it is empty or an earlier batch's (:func:`is_batch_folder`): the batch never writes its
+    ``summary.*``, ``batch.json`` or run folders among files of the user's."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise GlioKitError(f"{out}: 'out' of {grid_path} is a file; give a folder for the batch")
+    if out.exists() and any(out.iterdir()) and not is_batch_folder(out):
+        found = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+        raise GlioKitError(f"{out}: 'out' of {grid_path} is a folder that is not empty and was not made by "
+                           f"glio-kit batch (no {BATCH_MARKER}; it holds {shown}); nothing was written. "
+                           f"Choose a new or empty folder for the batch")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _write_batch_json(plan: _Plan) -> None:
-    (plan.out / "batch.json").write_text(json.dumps(dict(
-        profile=plan.profile, grid=plan.spec["grid"], base=plan.spec["base"], shared=dict(plan.groups),
+    from . import __version__
+
+    write_text(plan.out / BATCH_MARKER, json.dumps(dict(
+        glio_kit=__version__, profile=plan.profile, grid=plan.spec["grid"], base=plan.spec["base"],
+        shared=dict(plan.groups),
         runs={r["name"]: dict(point=r["point"], prefix=plan.group_of.get(r["name"], "")) for r in plan.runs},
     ), indent=2, default=str) + "\n")
 

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import SMOKE_NOTE as CONFIG_SMOKE_NOTE
+
+from .atomic import atomic_path, write_text
+
 
 def value_str(v) -> str:
     """A grid value as text: lists joined with ``x`` (``64x64``), booleans in lower case."""
@@ -60,13 +64,15 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
         rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs["out"] = str(out)
-    table.to_csv(out / "summary.csv", index=False)
+    with atomic_path(out / "summary.csv") as tmp:  # each summary file: the old one or the whole new one
+        table.to_csv(tmp, index=False)
     batch = out / "batch.json"
     profile = json.loads(batch.read_text()).get("profile", "") if batch.exists() else ""
-    (out / "summary.md").write_text(summary_markdown(table, grid_names, profile))
+    write_text(out / "summary.md", summary_markdown(table, grid_names, profile))
     try:
         fig = summary_figure(table)
-        fig.savefig(out / "summary.png", dpi=120, bbox_inches="tight")
+        with atomic_path(out / "summary.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         import matplotlib.pyplot as plt
 
         plt.close(fig)
@@ -76,8 +82,7 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
 
 
 #: Above a smoke batch's table: its equal, meaningless numbers are not a bug.
-SMOKE_NOTE = ("**Smoke profile: the models are far too small to learn.** Flat grey G(z) and the same "
-              "numbers in every run are expected; this profile checks that the chain runs, not the method.")
+SMOKE_NOTE = f"**Note:** {CONFIG_SMOKE_NOTE}"
 
 
 def summary_markdown(table: pd.DataFrame, grid_names: list[str], profile: str = "") -> str:
