@@ -1,18 +1,24 @@
 """Run the notebooks in order with papermill into a run folder (``glio-kit run``).
 
 Each notebook is one step of the paper's chain (:mod:`glio_kit.steps`). The executed copies
-land in ``<run>/notebooks/``; a step whose record in ``<run>/steps/`` says done, and whose
-executed notebook exists, is not run again unless ``force``.
+land in ``<run>/notebooks/``. A step whose record in ``<run>/steps/`` says done with the settings
+it would run with now, after the steps it reads, and whose outputs and executed notebook exist,
+is skipped; a step done with other settings stops the run before any notebook starts
+(:mod:`glio_kit.step_plan`), unless ``force`` redoes it and every step after it.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import GlioKitError
+from .kernels import TrackedKernelManager, stop_kernels_on_signals
 from .runtime import RunDir
-from .steps import STEPS, all_parameters, by_notebook
+from .step_plan import force_step, plan_chain
+from .steps import STEPS, all_parameters, by_notebook, step
 
 
 def notebooks_dir() -> Path:
@@ -68,42 +74,102 @@ def notebook_parameters(notebook: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in names}
 
 
+#: Notebook parameters that are paths: made absolute against the working directory before any
+#: notebook starts (papermill runs the kernels in ``notebooks/``).
+PATH_PARAMETERS = ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir")
+#: Environment variables holding paths that the kernels read.
+PATH_ENV = ("GLIO_KIT_DATA",)
+
+
+def resolve_paths(params: dict, base=None) -> dict:
+    """``params`` with every :data:`PATH_PARAMETERS` value absolute: ``~`` expanded, a relative
+    path taken from ``base`` (default: the working directory). Empty values stay empty."""
+    base = os.path.abspath(base or os.getcwd())
+    out = dict(params)
+    for k in PATH_PARAMETERS:
+        if out.get(k):
+            out[k] = os.path.normpath(os.path.join(base, os.path.expanduser(str(out[k]))))
+    return out
+
+
+@contextmanager
+def _absolute_env(names=PATH_ENV):
+    """Make path variables of the environment absolute while the kernels run, then restore them."""
+    before = {n: os.environ.get(n) for n in names}
+    for n, v in before.items():
+        if v:
+            os.environ[n] = os.path.abspath(os.path.expanduser(v))
+    try:
+        yield
+    finally:
+        for n, v in before.items():
+            if v is not None:
+                os.environ[n] = v
+
+
 def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list[str] | None = None,
-              force: bool = False, log_output: bool = False, progress: bool = True) -> list[dict]:
+              force=False, log_output: bool = False, progress: bool = True) -> list[dict]:
     """Execute the notebooks in order into ``run_dir`` (created if needed).
 
     params : notebook parameters (``name -> value``); each notebook receives the ones its
-        step declares (:mod:`glio_kit.steps`). A name no step declares is an error.
+        step declares (:mod:`glio_kit.steps`). A name no step declares is an error. Cohort
+        folders are taken relative to the working directory.
     notebooks : file names to run (default: all that exist, in order).
+    force : ``True`` redoes the selected steps, a step or notebook name redoes that step;
+        either way every step after it is redone too.
+    Before any notebook starts, each step's record is compared with what would run now
+    (:func:`glio_kit.step_plan.plan_chain`): a step is skipped only when its settings and
+    the records of the steps it reads are unchanged; other settings stop the chain with a
+    :class:`~glio_kit.errors.RunFolderError` naming each changed value. A notebook that fails
+    or is interrupted (Ctrl-C, SIGTERM: its kernel is stopped too) leaves its step marked
+    failed, never done.
     Returns one dict per notebook: name, status ("ran" | "skipped"), seconds.
     """
-    import papermill as pm
-
-    params = dict(params or {})
+    params = resolve_paths(dict(params or {}))
     check_parameters(params)
     run = RunDir(run_dir)
     out_dir = run.path / "notebooks"
-    out_dir.mkdir(exist_ok=True)
     nbs = available_notebooks() if not notebooks else [notebooks_dir() / n for n in notebooks]
+    try:
+        selected = [by_notebook(nb.name).name for nb in nbs]
+    except KeyError as err:
+        raise GlioKitError(str(err).strip('"')) from None
+    plans = plan_chain(run, profile, params, selected, force_step(force, selected), out_dir)
+    out_dir.mkdir(exist_ok=True)
+    for plan in plans:
+        if plan.redo:
+            run.mark_failed(plan.step, "a redo was asked for (--force)", status="stale")
     report = []
-    for nb in nbs:
-        st = by_notebook(nb.name)
-        out = out_dir / nb.name
-        if not force and run.is_done(st.name) and out.exists():
-            report.append(dict(notebook=nb.name, status="skipped", seconds=0.0))
-            print(f"[glio-kit] {nb.name}: done earlier, skipped (use --force to redo)")
-            continue
-        nb_params = notebook_parameters(nb.name, params)
-        nb_params.update(profile=profile, run_dir=str(run.path))
-        if force and "overwrite" in st.parameters:
-            nb_params["overwrite"] = True
-        print(f"[glio-kit] {nb.name} -> {out}")
-        t0 = time.time()
-        try:
-            pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
-                                cwd=str(nb.parent), log_output=log_output, progress_bar=progress)
-        except pm.PapermillExecutionError as err:
-            raise GlioKitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-                               f"the executed notebook with the full traceback is {out}") from None
-        report.append(dict(notebook=nb.name, status="ran", seconds=round(time.time() - t0, 1)))
+    with _absolute_env(), stop_kernels_on_signals():
+        for plan in plans:
+            report.append(_run_step(run, plan, profile, params, out_dir, log_output, progress))
     return report
+
+
+def _run_step(run: RunDir, plan, profile: str, params: dict, out_dir: Path, log_output: bool,
+              progress: bool) -> dict:
+    """Execute one step's notebook (or skip it); its record is marked failed if it does not finish."""
+    import papermill as pm
+
+    nb, out, st = notebooks_dir() / plan.notebook, out_dir / plan.notebook, step(plan.step)
+    if plan.action == "skip":
+        print(f"[glio-kit] {nb.name}: done earlier with the same settings, skipped")
+        return dict(notebook=nb.name, status="skipped", seconds=0.0)
+    nb_params = notebook_parameters(nb.name, params)
+    nb_params.update(profile=profile, run_dir=str(run.path))
+    if plan.overwrite and "overwrite" in st.parameters:
+        nb_params["overwrite"] = True
+    print(f"[glio-kit] {nb.name} -> {out} ({plan.why})")
+    t0 = time.time()
+    try:
+        pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
+                            cwd=str(nb.parent), log_output=log_output, progress_bar=progress,
+                            kernel_manager_class=TrackedKernelManager)
+    except pm.PapermillExecutionError as err:
+        run.mark_failed(st.name, f"{err.ename}: {err.evalue}")
+        raise GlioKitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                           f"the executed notebook with the full traceback is {out}") from None
+    except BaseException as err:  # interrupted (Ctrl-C, SIGTERM) or papermill itself failed
+        run.mark_failed(st.name, f"{type(err).__name__}: {err}" if str(err) else "interrupted")
+        raise
+    return dict(notebook=nb.name, status="ran", seconds=round(time.time() - t0, 1))
