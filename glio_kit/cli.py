@@ -12,7 +12,7 @@ import sys
 import yaml
 
 from . import __version__
-from .config import DEFAULT_PROFILE, PROFILE_ENV, PROFILES, get_config, profile_name
+from .config import DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SMOKE_NOTE, get_config, profile_name
 from .errors import GlioKitError
 
 HELP = """Teach and reproduce unsupervised glioma detection with a DCGAN (glio-kit).
@@ -45,8 +45,7 @@ def chosen_profile(given: str | None) -> str:
                                         f"or ${PROFILE_ENV}")
     print(f"[glio-kit] profile: {name} (from {source})", flush=True)
     if name == "smoke":
-        print("[glio-kit] smoke: models far too small to learn; it checks that the chain runs, "
-              "its results mean nothing", flush=True)
+        print(f"[glio-kit] {SMOKE_NOTE}", flush=True)
     return name
 
 
@@ -94,6 +93,16 @@ def cmd_run(args) -> int:
     summary = RunDir(args.run_dir).path / "metrics.md"
     if summary.exists():
         print(summary.read_text())
+    from .report import write_report
+
+    print(f"[glio-kit] report (one page, opens offline): {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(f"{write_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -176,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=1, help="runs at the same time (default: 1)")
     b.add_argument("--force", action="store_true", help="redo runs that are finished")
     b.set_defaults(func=cmd_batch)
+
+    rp = sub.add_parser("report", help="write one self-contained HTML page of a run (RUN_DIR/report.html)",
+                        description="Write RUN_DIR/report.html: the metrics table with confidence intervals, "
+                                    "every figure, each step's settings, timings, versions and device, in "
+                                    "one file that opens offline (glio-kit run writes it as its last step).")
+    rp.add_argument("run_dir", help="a run folder written by glio-kit run")
+    rp.add_argument("--out", help="write the page here instead of RUN_DIR/report.html")
+    rp.set_defaults(func=cmd_report)
 
     n = sub.add_parser("notebooks", help="copy the notebooks 01-05 into a folder, to open in JupyterLab",
                        description="Copy the chain's notebooks (stored without outputs) into DEST. "

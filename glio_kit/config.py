@@ -26,6 +26,9 @@ from dataclasses import dataclass, field, fields
 
 PROFILE_ENV = "GLIO_KIT_PROFILE"
 DEFAULT_PROFILE = "demo"
+#: Said wherever smoke results show (notebooks, the CLI, batch summaries, the run report).
+SMOKE_NOTE = ("smoke profile: the models are far too small to learn. Flat grey G(z) and chance-level or "
+              "identical metrics are expected; this profile checks that the chain runs, not the method.")
 
 NORMALISATIONS = ("sd", "zscore", "percentile")
 MAPPINGS = ("iterative", "encoder", "encoder+iterative")

@@ -12,11 +12,13 @@ import json
 import os
 from pathlib import Path
 
-from .config import get_config
+from .config import SMOKE_NOTE, get_config
 from .runtime import RunDir, default_run_dir, header, seed_everything
 from .steps import STEPS, step as get_step
 
 PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
+#: Versions and device of each notebook of a run (:func:`record_environment`).
+ENVIRONMENT = "environment.json"
 
 
 def _literal(v) -> str:
@@ -83,10 +85,28 @@ def setup(step_name: str, namespace: dict):
     run_dir = (namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR")
                or default_run_dir(settings.profile))
     run = RunDir(run_dir)
-    header(st.notebook, settings)
+    record_environment(run, step_name, header(st.notebook, settings))
     print(f"run folder: {run.path}")
+    if settings.profile == "smoke":
+        print(f"NOTE: {SMOKE_NOTE}")
     seed_everything(settings.seed)
     return settings, run
+
+
+def record_environment(run: RunDir, step_name: str, info: dict) -> None:
+    """Add this notebook's header (versions, device, profile, seed) and the time to
+    ``<run>/environment.json`` under ``step_name``; the run report (:mod:`glio_kit.report`) shows it."""
+    from datetime import datetime
+
+    from .atomic import write_text
+
+    path = run / ENVIRONMENT
+    try:
+        env = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        env = {}  # a damaged file is only a record: start it again
+    env[step_name] = dict(info, started=datetime.now().isoformat(timespec="seconds"))
+    write_text(path, json.dumps(env, indent=2) + "\n")
 
 
 def show(fig, run: RunDir, name: str):
