@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import weakref
 from contextlib import contextmanager
@@ -76,6 +77,8 @@ def stop_kernels_on_signals():
         return
 
     def handler(signum, frame):
+        print(f"[glio-kit] {signal.Signals(signum).name}: stopping the notebook's kernel", file=sys.stderr,
+              flush=True)
         stop_kernels()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt

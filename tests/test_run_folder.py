@@ -1,0 +1,282 @@
+"""A run folder you can trust: `glio-kit run` skips a step only when nothing it depends on changed,
+stops naming every changed value otherwise, never records a failed step as done, resolves paths
+against the user's folder and stops its kernel with it.
+
+Most tests replace papermill by a fake notebook that does what each step's function does with
+the step record (claim with the same identity, write the products, mark done), so the runner's
+decisions are tested in milliseconds. One module-scoped real `glio-kit run` in the smoke profile
+(into a folder copied for each variant) checks the same end to end."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from glio_kit import runner
+from glio_kit.cli import main
+from glio_kit.config import get_config
+from glio_kit.errors import GlioKitError, RunFolderError
+from glio_kit.kernels import TrackedKernelManager
+from glio_kit.preprocess import cohort_folders
+from glio_kit.runtime import RunDir
+from glio_kit.steps import STEPS, by_notebook
+
+NOTEBOOKS = [s.notebook for s in STEPS]
+PRODUCTS = {"prep": "cache/prep.json", "train": "train/checkpoints/last.pt",
+            "score": "score/slice_scores.csv", "residuals": "figures/04_figure5_tumour.png",
+            "metrics": "metrics.json"}
+
+
+class FakeNotebooks:
+    """Stands in for papermill.execute_notebook: each notebook claims its step as the step's
+    function does (same identity, same extras), writes its products and marks the step done.
+
+    fail : {notebook: "before" | "after"}: raise a cell error before the claim (a typo'd
+    folder) or after the step was marked done (a figure cell failing)."""
+
+    def __init__(self, fail=None, interrupt=None):
+        self.calls, self.fail, self.interrupt, self.env = [], dict(fail or {}), interrupt, []
+
+    def __call__(self, input_path, output_path, parameters=None, **kw):
+        name = Path(input_path).name
+        self.calls.append((name, dict(parameters), kw))
+        self.env.append(os.environ.get("GLIO_KIT_DATA"))
+        Path(output_path).write_text("{}")  # papermill writes the executed copy, even on failure
+        if self.interrupt == name:
+            raise KeyboardInterrupt
+        if self.fail.get(name) == "before":
+            raise pm.PapermillExecutionError(3, 3, "", "InputError", "folder does not exist", [])
+        st = by_notebook(name)
+        knobs = {k: v for k, v in parameters.items() if k in st.settings.knobs()}
+        s = get_config(parameters["profile"], **knobs)
+        run = RunDir(parameters["run_dir"])
+        extra = None
+        if st.name == "prep":
+            extra = cohort_folders(s.prep, *(parameters.get(k, "") for k in
+                                             ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir")))
+        elif st.name == "train":
+            extra = {"image_size": run.record("prep")["params"]["image_size"]}
+        overwrite = parameters.get("overwrite", False) or st.name == "residuals"
+        if not run.claim_step(st.name, s.step(st.name), extra=extra, overwrite=overwrite):
+            product = run / PRODUCTS[st.name]
+            product.parent.mkdir(parents=True, exist_ok=True)
+            product.write_text(f"{st.name} {parameters}")
+            run.mark_done(st.name)
+        if self.fail.get(name) == "after":
+            raise pm.PapermillExecutionError(5, 5, "", "ZeroDivisionError", "division by zero", [])
+        return {}
+
+    def ran(self):
+        return [c[0] for c in self.calls]
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLIO_KIT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("GLIO_KIT_QUIET", "1")
+    nbs = FakeNotebooks()
+    monkeypatch.setattr(pm, "execute_notebook", nbs)
+    return nbs
+
+
+def chain(run_dir, fake, **kw):
+    """run_chain in the smoke profile; returns the notebooks the fake executed this time."""
+    before = len(fake.calls)
+    runner.run_chain(run_dir, "smoke", **kw)
+    return [c[0] for c in fake.calls[before:]]
+
+
+def test_rerun_skips_unchanged_steps_and_refuses_changed_values(tmp_path, fake):
+    run_dir = tmp_path / "run"
+    assert chain(run_dir, fake) == NOTEBOOKS
+    assert chain(run_dir, fake) == []  # nothing changed: every step skipped
+    records = {p.name: p.read_bytes() for p in (run_dir / "steps").iterdir()}
+    with pytest.raises(RunFolderError) as err:
+        chain(run_dir, fake, params={"lam": 0.5, "epochs": 85})
+    msg = str(err.value)
+    assert "epochs: 2 -> 85" in msg and "lam: 0.1 -> 0.5" in msg, msg
+    assert "new folder" in msg and "--force train" in msg  # the two ways on, from the first changed step
+    assert "residuals" not in msg  # steps that only read a changed step are not listed
+    assert len(fake.calls) == 2 * len(NOTEBOOKS) - len(NOTEBOOKS)  # nothing ran
+    assert {p.name: p.read_bytes() for p in (run_dir / "steps").iterdir()} == records  # nothing written
+
+
+def test_force_on_one_step_redoes_every_step_after_it(tmp_path, fake):
+    run_dir = tmp_path / "run"
+    chain(run_dir, fake)
+    old = {s.name: RunDir(run_dir).record(s.name)["attempt"] for s in STEPS}
+    assert chain(run_dir, fake, params={"lam": 0.5}, force="score") == NOTEBOOKS[2:]
+    new = {s.name: RunDir(run_dir).record(s.name)["attempt"] for s in STEPS}
+    assert [n for n in old if old[n] != new[n]] == ["score", "residuals", "metrics"]
+    assert RunDir(run_dir).record("score")["params"]["lam"] == 0.5
+    # --force on notebook 03 alone redoes 04 and 05 too, so no stale metrics.json survives
+    assert chain(run_dir, fake, params={"lam": 0.5}, notebooks=["03_scoring.ipynb"],
+                 force=True) == NOTEBOOKS[2:]
+    assert chain(run_dir, fake, params={"lam": 0.5}) == []
+    with pytest.raises(GlioKitError, match="--force scoring: no such step"):
+        chain(run_dir, fake, force="scoring")
+
+
+def test_step_redone_in_a_notebook_makes_later_steps_refuse(tmp_path, fake):
+    """Scoring redone alone with the same values (notebook 03 with overwrite=True): the metrics
+    made from the old scores are not reported as current."""
+    run_dir = tmp_path / "run"
+    chain(run_dir, fake)
+    run, score = RunDir(run_dir), get_config("smoke").score
+    run.mark_failed("score", "redo", status="stale")
+    assert run.claim_step("score", score, overwrite=True) is False  # what notebook 03 does
+    run.mark_done("score")
+    with pytest.raises(RunFolderError) as err:
+        chain(run_dir, fake)
+    assert "metrics (05_metrics.ipynb): step 'score' was redone after this step ran" in str(err.value)
+    assert "--force residuals" in str(err.value)
+    assert chain(run_dir, fake, force="residuals") == NOTEBOOKS[3:]
+
+
+def test_other_cohort_folder_is_refused(tmp_path, fake):
+    folders = {}
+    for k in ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir", "other_tumor"):
+        folders[k] = tmp_path / k
+        folders[k].mkdir()
+    params = {k: str(v) for k, v in folders.items() if k != "other_tumor"}
+    chain(tmp_path / "run", fake, params=params)
+    with pytest.raises(RunFolderError) as err:
+        chain(tmp_path / "run", fake, params=dict(params, test_tumor_dir=str(folders["other_tumor"])))
+    assert "prep (01_data_prep.ipynb): test_tumor:" in str(err.value) and "other_tumor" in str(err.value)
+
+
+def test_failed_notebook_is_never_done_and_runs_again(tmp_path, fake):
+    """Notebook 01 fails after its step was marked done (a figure cell): the next run does not skip
+    it (before: "done earlier" and its cache trained on)."""
+    run_dir = tmp_path / "run"
+    fake.fail = {"01_data_prep.ipynb": "after"}
+    with pytest.raises(GlioKitError, match="01_data_prep.ipynb failed in cell 5: ZeroDivisionError"):
+        chain(run_dir, fake)
+    rec = RunDir(run_dir).record("prep")
+    assert rec["status"] == "failed" and "ZeroDivisionError" in rec["error"]
+    fake.fail = {}
+    assert chain(run_dir, fake) == NOTEBOOKS
+
+
+def test_failed_attempt_that_left_nothing_does_not_block_the_corrected_retry(tmp_path, fake):
+    good, typo = tmp_path / "ixi_train", tmp_path / "ixi_trian"
+    good.mkdir()
+    params = dict(train_healthy_dir=str(good), test_healthy_dir=str(good), test_tumor_dir=str(good))
+    fake.fail = {"01_data_prep.ipynb": "before"}
+    with pytest.raises(GlioKitError, match="InputError"):
+        chain(tmp_path / "run", fake, params=dict(params, train_healthy_dir=str(typo)))
+    fake.fail = {}
+    # an attempt that claimed the step, failed and left no cache is replaced without --force
+    run = RunDir(tmp_path / "run")
+    run.claim_step("prep", get_config("smoke").prep, extra={"train_healthy": str(typo)})
+    run.mark_failed("prep", "InputError: folder does not exist")
+    assert chain(tmp_path / "run", fake, params=params) == NOTEBOOKS
+    assert run.record("prep")["params"]["train_healthy"] == str(good)
+
+
+def test_interrupted_notebook_is_marked_failed(tmp_path, fake):
+    run_dir = tmp_path / "run"
+    chain(run_dir, fake)
+    fake.interrupt = "03_scoring.ipynb"
+    with pytest.raises(KeyboardInterrupt):
+        chain(run_dir, fake, force="score")
+    assert RunDir(run_dir).record("score")["status"] in ("failed", "stale")
+    assert RunDir(run_dir).record("metrics")["status"] == "stale"
+    fake.interrupt = None
+    assert chain(run_dir, fake) == NOTEBOOKS[2:]  # the same values again: a retry, no --force needed
+
+
+def test_missing_outputs_are_made_again(tmp_path, fake):
+    run_dir = tmp_path / "run"
+    chain(run_dir, fake)
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "notebooks" / "04_residuals.ipynb").unlink()
+    assert chain(run_dir, fake) == ["04_residuals.ipynb", "05_metrics.ipynb"]
+
+
+def test_paths_are_taken_from_the_working_directory(tmp_path, fake, monkeypatch):
+    """`--train-healthy data/ixi_train` from the user's folder, although the kernels run in notebooks/."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GLIO_KIT_DATA", "data")  # relative, as a user may set it
+    for k in ("ixi_train", "ixi_test", "brats"):
+        (tmp_path / "data" / k).mkdir(parents=True)
+    assert main(["run", "--profile", "smoke", "--run-dir", "runs/r", "--train-healthy", "data/ixi_train",
+                 "--test-healthy", "data/ixi_test", "-p", "test_tumor_dir=data/brats"]) == 0
+    name, params, kw = fake.calls[0]
+    assert params["train_healthy_dir"] == str(tmp_path / "data" / "ixi_train")
+    assert params["test_tumor_dir"] == str(tmp_path / "data" / "brats")
+    assert params["run_dir"] == str(tmp_path / "runs" / "r")
+    assert kw["cwd"].endswith("notebooks") and kw["kernel_manager_class"] is TrackedKernelManager
+    assert set(fake.env) == {str(tmp_path / "data")}  # the kernels see an absolute data folder
+    assert os.environ["GLIO_KIT_DATA"] == "data"  # and the environment is put back
+    assert RunDir("runs/r").record("prep")["params"]["test_healthy"] == str(tmp_path / "data" / "ixi_test")
+
+
+def test_cli_refusal_names_the_value_and_exits_2(tmp_path, fake, capsys):
+    run_dir = str(tmp_path / "run")
+    assert main(["run", "--profile", "smoke", "--run-dir", run_dir]) == 0
+    assert main(["run", "--profile", "smoke", "--run-dir", run_dir, "-p", "mapping_steps=9"]) == 2
+    err = capsys.readouterr().err
+    assert "mapping_steps: 5 -> 9" in err and "--force score" in err
+
+
+# ------------------------------------------------------------------ stopping the kernel
+SLEEPER = """
+import os, time
+open({pid!r}, "w").write(str(os.getpid()))
+time.sleep(120)
+"""
+DRIVER = """
+import sys
+import papermill as pm
+from glio_kit.kernels import TrackedKernelManager, stop_kernels_on_signals
+with stop_kernels_on_signals():
+    pm.execute_notebook(sys.argv[1], sys.argv[2], kernel_name="python3", progress_bar=False,
+                        kernel_manager_class=TrackedKernelManager)
+"""
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, Z, ...), or "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_runner_stops_its_kernel(tmp_path, sig):
+    """The kernel runs in its own session, so a signal to the runner does not reach it; the
+    runner stops it before exiting (without that it would still be running at that moment)."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(SLEEPER.format(pid=str(tmp_path / "pid")))
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "sleep.ipynb")
+    (tmp_path / "driver.py").write_text(textwrap.dedent(DRIVER))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "sleep.ipynb"),
+                             str(tmp_path / "out.ipynb")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
+                break
+            time.sleep(0.1)
+        kernel = int((tmp_path / "pid").read_text())
+        assert _state(kernel) in ("R", "S")
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        assert _state(kernel) in ("", "Z"), f"kernel {kernel} still running after the runner stopped"
+        assert "stopping the notebook's kernel" in proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        if (tmp_path / "pid").exists() and _state(int((tmp_path / "pid").read_text())) not in ("", "Z"):
+            os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
