@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lab install clean-runs
+.PHONY: demo test test-paper-shape test-ddp lab install clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ test: $(STAMP)
 	GLIO_KIT_PROFILE=smoke GLIO_KIT_RUN_DIR=$$tmp/run GLIO_KIT_DATA=$$tmp/data \
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax \
 	  --nbval-current-env; status=$$?; rm -rf $$tmp; exit $$status
+
+# The whole chain at the paper's 448x364 and full widths on a tiny cohort (3-5 min on 2 cores).
+test-paper-shape: $(STAMP)
+	tmp=$$(mktemp -d) && \
+	GLIO_KIT_PAPER_SHAPE=1 GLIO_KIT_DATA=$$tmp/data $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/test_paper_shape.py; status=$$?; rm -rf $$tmp; exit $$status
+
+# DistributedDataParallel with gloo, 2 CPU processes, against one process (about 1.5 min on 2 cores).
+test-ddp: $(STAMP)
+	GLIO_KIT_DDP=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_ddp.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
