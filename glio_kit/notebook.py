@@ -19,6 +19,8 @@ from .steps import STEPS, step as get_step
 PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
 #: Versions and device of each notebook of a run (:func:`record_environment`).
 ENVIRONMENT = "environment.json"
+#: Versions and device of each notebook of a run (:func:`record_environment`).
+ENVIRONMENT = "environment.json"
 
 
 def _literal(v) -> str:
@@ -107,6 +109,35 @@ def record_environment(run: RunDir, step_name: str, info: dict) -> None:
         env = {}  # a damaged file is only a record: start it again
     env[step_name] = dict(info, started=datetime.now().isoformat(timespec="seconds"))
     write_text(path, json.dumps(env, indent=2) + "\n")
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def freeze_widgets(path) -> int:
+    """Replace the live widgets of an executed notebook by what they saved of themselves.
+
+    A widget needs its kernel: stored with it, an exported HTML page asks a CDN for scripts
+    (nothing shows offline), JupyterLab without the kernel shows ``VBox(...)`` or "model not
+    found", and a tqdm bar stays frozen at "0%". So each widget output that carries a picture
+    (the residual browser's PNG snapshot) keeps only the picture and its text, the others keep
+    their text, and the notebook's saved widget state is dropped. Running the cell again in
+    JupyterLab brings the live widget back. Returns the number of outputs changed.
+    """
+    from .atomic import write_text
+
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    changed = 0
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if WIDGET_VIEW in out.get("data", {}):
+                del out["data"][WIDGET_VIEW]
+                changed += 1
+    if changed or "widgets" in nb.get("metadata", {}):
+        nb.get("metadata", {}).pop("widgets", None)
+        write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return changed
 
 
 def show(fig, run: RunDir, name: str):

@@ -123,12 +123,15 @@ class LineBar:
 
 
 @contextmanager
-def terminal_progress():
+def terminal_progress(enabled: bool = True):
     """While notebooks run under ``glio-kit run``: their bars print lines (``$GLIO_KIT_PROGRESS``,
     which the kernels inherit), and papermill forwards the kernels' stderr to this terminal.
 
-    Yields the keyword arguments for ``papermill.execute_notebook``.
+    Yields the keyword arguments for ``papermill.execute_notebook`` (none when not ``enabled``).
     """
+    if not enabled:
+        yield {}
+        return
     before = os.environ.get(PROGRESS_ENV)
     os.environ[PROGRESS_ENV] = "lines"
     try:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .errors import GlioKitError
 from .kernels import TrackedKernelManager, stop_kernels_on_signals
+from .notebook import freeze_widgets
+from .progress import terminal_progress
 from .runtime import RunDir
 from .step_plan import force_step, plan_chain
 from .steps import STEPS, all_parameters, by_notebook, step
@@ -107,6 +109,21 @@ def _absolute_env(names=PATH_ENV):
                 os.environ[n] = v
 
 
+def kernel_options() -> dict:
+    """How papermill talks to the kernels: on POSIX over socket files in Jupyter's runtime
+    folder (``ipc``) rather than TCP on localhost, so no port is opened and ipykernel's warning
+    "Kernel is running over TCP without encryption" does not appear. A runtime folder whose path
+    is too long for a socket name keeps TCP."""
+    opts: dict = {}
+    if os.name == "posix":
+        from jupyter_core.paths import jupyter_runtime_dir
+        from traitlets.config import Config
+
+        if len(jupyter_runtime_dir()) < 60:  # socket paths are limited to about 107 characters
+            opts["config"] = Config({"KernelManager": {"transport": "ipc"}})
+    return opts
+
+
 def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list[str] | None = None,
               force=False, log_output: bool = False, progress: bool = True) -> list[dict]:
     """Execute the notebooks in order into ``run_dir`` (created if needed).
@@ -127,9 +144,10 @@ def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list
     """
     params = resolve_paths(dict(params or {}))
     check_parameters(params)
+    # the notebooks first: an incomplete installation leaves no half-made run folder behind
+    nbs = available_notebooks() if not notebooks else [notebooks_dir() / n for n in notebooks]
     run = RunDir(run_dir)
     out_dir = run.path / "notebooks"
-    nbs = available_notebooks() if not notebooks else [notebooks_dir() / n for n in notebooks]
     try:
         selected = [by_notebook(nb.name).name for nb in nbs]
     except KeyError as err:
@@ -162,9 +180,14 @@ def _run_step(run: RunDir, plan, profile: str, params: dict, out_dir: Path, log_
     print(f"[glio-kit] {nb.name} -> {out} ({plan.why})")
     t0 = time.time()
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
-                            cwd=str(nb.parent), log_output=log_output, progress_bar=progress,
-                            kernel_manager_class=TrackedKernelManager)
+        # the kernels' progress lines (training epochs, mapping batches) reach this terminal; they
+        # replace papermill's bar of cells, which would break them up
+        with terminal_progress(progress) as progress_lines:
+            pm.execute_notebook(str(nb), str(out), parameters=nb_params, kernel_name="python3",
+                                cwd=str(nb.parent), log_output=log_output, progress_bar=False,
+                                kernel_manager_class=TrackedKernelManager, **progress_lines,
+                                **kernel_options())
+        freeze_widgets(out)
     except pm.PapermillExecutionError as err:
         run.mark_failed(st.name, f"{err.ename}: {err.evalue}")
         raise GlioKitError(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"

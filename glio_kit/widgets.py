@@ -216,6 +216,7 @@ def browser(viewer: ResidualViewer, split: str = "test", threshold: float = 0.2)
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=90, bbox_inches="tight")
     ui.snapshot = png.getvalue()
-    ui.caption = f"residual browser: {state.subject}, slice {state.pos}, overlay {state.overlay}"
+    ui.caption = (f"residual browser: {state.subject}, slice z={state.last.get('slice_index', state.pos)}, "
+                  f"overlay {state.overlay}")
     ui.controls = dict(subject=w_subject, slice=w_slice, overlay=w_overlay, threshold=w_thr, output=out)
     return ui, state

@@ -174,3 +174,26 @@ def test_browser_output_keeps_a_snapshot(scored_run):
     assert "application/vnd.jupyter.widget-view+json" in bundle  # live in JupyterLab
     assert bundle["image/png"] and not bundle["text/plain"].startswith("VBox")
     assert state.subject in bundle["text/plain"]
+
+
+def test_executed_notebook_keeps_the_browser_as_its_snapshot(scored_run, tmp_path):
+    """What glio-kit run stores: the picture and its text, no live widget and no widget state."""
+    import json
+
+    from glio_kit.notebook import WIDGET_VIEW, freeze_widgets
+
+    ui, _ = widgets.browser(widgets.ResidualViewer(scored_run))
+    bundle = ui._repr_mimebundle_()
+    nb = dict(cells=[dict(cell_type="code", id="a", metadata={}, source="ui", execution_count=1,
+                          outputs=[dict(output_type="execute_result", execution_count=1, metadata={},
+                                        data=bundle)])],
+              metadata={"widgets": {"application/vnd.jupyter.widget-state+json": {"state": {}}}},
+              nbformat=4, nbformat_minor=5)
+    path = tmp_path / "04.ipynb"
+    path.write_text(json.dumps(nb))
+    assert freeze_widgets(path) == 1
+    stored = json.loads(path.read_text())
+    assert "widgets" not in stored["metadata"]
+    data = stored["cells"][0]["outputs"][0]["data"]
+    assert set(data) == {"image/png", "text/plain"} and WIDGET_VIEW not in data
+    assert freeze_widgets(path) == 0  # nothing left to freeze
