@@ -8,6 +8,7 @@ decisions are tested in milliseconds. One module-scoped real `glio-kit run` in t
 (into a folder copied for each variant) checks the same end to end."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -280,3 +281,113 @@ def test_stopping_the_runner_stops_its_kernel(tmp_path, sig):
         proc.kill()
         if (tmp_path / "pid").exists() and _state(int((tmp_path / "pid").read_text())) not in ("", "Z"):
             os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+
+
+# ------------------------------------------------- files the kit wrote, found damaged
+def test_atomic_write_leaves_the_old_file_whole_on_failure(tmp_path):
+    from glio_kit.atomic import atomic_path, write_text
+
+    target = write_text(tmp_path / "losses.csv", "epoch\n1\n")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("epo")  # killed half way
+            raise RuntimeError("killed")
+    assert target.read_text() == "epoch\n1\n" and sorted(os.listdir(tmp_path)) == ["losses.csv"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign"])
+def test_damaged_checkpoint_is_named(tmp_path, damage):
+    import torch
+
+    from glio_kit.checkpoints import checkpoint_path, load_models, resumable_checkpoint, save_checkpoint
+
+    run = RunDir(tmp_path / "run")
+    path = checkpoint_path(run)
+    path.parent.mkdir(parents=True)
+    save_checkpoint(dict(epoch=1, G={"w": torch.zeros(50_000)}, D={}, config={"epochs": 2}), path)
+    blob = path.read_bytes()
+    path.write_bytes({"truncated": blob[: len(blob) // 2], "empty": b"",
+                      "foreign": b"PK\x03\x04 not a torch file"}[damage])
+    for call in (lambda: resumable_checkpoint(run, {"epochs": 2}, 2), lambda: load_models(run)):
+        with pytest.raises(RunFolderError) as err:
+            call()
+        msg = str(err.value)
+        assert msg.startswith(str(path)) and "cannot be read" in msg and "--force train" in msg, msg
+        assert "epoch_XXX.pt" in msg
+
+
+def test_damaged_loss_log_is_named_and_written_atomically(tmp_path):
+    from glio_kit.train import LOSSES, EpochStats, _log_epoch, read_losses
+
+    run = RunDir(tmp_path / "run")
+    (run / "train").mkdir()
+    losses = _log_epoch(run, read_losses(run), 1, EpochStats(1.0, 2.0, 0.5, 0.4, 64), 2.0)
+    assert len(read_losses(run)) == 1 and sorted(os.listdir(run / "train")) == ["losses.csv"]
+    for body in ("", "epoch,loss_d\n1,0.5\n"):  # a kill during a non-atomic rewrite; another file
+        (run / LOSSES).write_text(body)
+        with pytest.raises(RunFolderError, match="losses.csv: the training's loss log cannot be read"):
+            read_losses(run)
+    assert len(losses) == 1
+
+
+@pytest.mark.parametrize("name", ["images.npy", "index.csv", "prep.json"])
+def test_damaged_slice_cache_is_named(tmp_path, tiny_cohort, name):
+    from glio_kit.cohort import discover
+    from glio_kit.preprocess import SliceCache, assign_splits, build_cache
+
+    settings = get_config("smoke").prep
+    subjects = assign_splits(*(discover(tiny_cohort[k]) for k in ("train_healthy", "test_healthy",
+                                                                    "test_tumor")), 0.25, 0)
+    build_cache(subjects, tmp_path / "cache", settings, progress=False)
+    f = tmp_path / "cache" / name
+    f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(RunFolderError, match=f"slice cache is damaged: .*{name}.*--force prep"):
+        SliceCache(tmp_path / "cache")
+
+
+# ------------------------------------------------------ nothing of the user's deleted
+def test_synth_overwrite_removes_only_the_cohorts_own_files(tmp_path):
+    from glio_kit.synth import make_cohort
+
+    small = dict(n_train_healthy=1, n_test_healthy=0, n_test_tumor=1, seed=0, voxel_size=8.0, progress=False,
+                 workers=1)
+    root = tmp_path / "cohort"
+    make_cohort(root, **small)
+    notes = root / "test_tumor" / "my_notes.txt"
+    notes.write_text("mine")
+    (root / "extra").mkdir()
+    with pytest.raises(RunFolderError) as err:
+        make_cohort(root, **dict(small, seed=1), overwrite=True)
+    assert "test_tumor/my_notes.txt" in str(err.value) and "extra" in str(err.value)
+    assert notes.read_text() == "mine" and json.loads((root / "cohort.json").read_text())[
+        "parameters"]["seed"] == 0  # nothing changed
+    notes.unlink()
+    (root / "extra").rmdir()
+    make_cohort(root, **dict(small, seed=1), overwrite=True)
+    assert json.loads((root / "cohort.json").read_text())["parameters"]["seed"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
+
+
+def test_batch_refuses_a_folder_of_the_users_and_reads_paths_from_the_grid_folder(tmp_path, monkeypatch):
+    import yaml
+
+    from glio_kit.batch import load_grid, run_batch
+
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "summary.csv").write_text("my own table")
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    grid = grids / "g.yaml"
+    grid.write_text(yaml.safe_dump(dict(profile="smoke", out="../results", test_tumor_dir="data/brats",
+                                        grid=dict(lam=[0.0]))))
+    monkeypatch.chdir(tmp_path / "results")  # paths come from the grid file's folder, not from here
+    spec = load_grid(grid)
+    assert spec["out"] == str(mine) and spec["test_tumor_dir"] == str(grids / "data" / "brats")
+
+    def executor(*a, **k):
+        raise AssertionError("nothing may run")
+
+    with pytest.raises(GlioKitError, match="not empty and was not made by glio-kit batch.*summary.csv"):
+        run_batch(grid, executor=executor, progress=False, cohorts=False)
+    assert (mine / "summary.csv").read_text() == "my own table" and os.listdir(mine) == ["summary.csv"]
