@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute the notebooks in order with papermill into a run folder",
                        description="Execute notebooks 01.. in order with papermill into RUN_DIR/notebooks. "
                                    "Without cohort folders the synthetic cohort of the profile is used. "
-                                   "Steps already done with the same parameters are skipped.")
+                                   "Steps already done with the same parameters are skipped; if the run "
+                                   "folder holds steps done with other parameters, nothing runs and the "
+                                   "changed values are listed (use a new --run-dir, or --force STEP).")
     r.add_argument("--profile", default=None, choices=sorted(PROFILES), help=PROFILE_HELP)
     r.add_argument("--run-dir", required=True)
     r.add_argument("--train-healthy", help="folder of healthy training T2 volumes (IXI layout or manifest)")
@@ -172,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="notebook parameter, e.g. -p epochs=5 -p lam=0.1 (repeatable)")
     r.add_argument("--notebook", action="append", help="run only this notebook file (repeatable)")
-    r.add_argument("--force", action="store_true", help="redo steps that are already done")
+    r.add_argument("--force", nargs="?", const=True, default=False, metavar="STEP",
+                   help="redo a step (prep, train, score, residuals, metrics; default: the first one run) "
+                        "and every step after it, replacing what this run folder holds")
     r.set_defaults(func=cmd_run)
 
     b = sub.add_parser("batch", help="a grid of runs from a YAML file, with a summary table",
