@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -391,3 +392,67 @@ def test_batch_refuses_a_folder_of_the_users_and_reads_paths_from_the_grid_folde
     with pytest.raises(GlioKitError, match="not empty and was not made by glio-kit batch.*summary.csv"):
         run_batch(grid, executor=executor, progress=False, cohorts=False)
     assert (mine / "summary.csv").read_text() == "my own table" and os.listdir(mine) == ["summary.csv"]
+
+
+# ----------------------------------------------- end to end: two real `glio-kit run`s
+COHORT_ARGS = ["--train-healthy", "data/train_healthy", "--test-healthy", "data/test_healthy",
+               "--test-tumor", "data/test_tumor"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One real `glio-kit run` in the smoke profile on a tiny NIfTI cohort given by paths relative
+    to the working directory (as the README's example does); variants work on copies."""
+    import conftest
+
+    home = tmp_path_factory.mktemp("user")
+    conftest.write_tiny_cohort(home / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(home)
+        mp.setenv("GLIO_KIT_QUIET", "1")
+        mp.setenv("GLIO_KIT_DATA", str(home / "synthetic"))
+        assert main(["run", "--profile", "smoke", "--run-dir", "runs/first", *COHORT_ARGS]) == 0
+    return home
+
+
+def _copy(home: Path, name: str) -> Path:
+    shutil.copytree(home / "runs" / "first", home / "runs" / name)
+    return home / "runs" / name
+
+
+def _stamps(run_dir: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in sorted((run_dir / "notebooks").iterdir())}
+
+
+def test_real_rerun_with_a_changed_parameter_is_refused(smoke_run, monkeypatch, capsys):
+    monkeypatch.chdir(smoke_run)
+    monkeypatch.setenv("GLIO_KIT_QUIET", "1")
+    run_dir = _copy(smoke_run, "changed")
+    assert RunDir(run_dir).record("prep")["params"]["test_tumor"] == str(smoke_run / "data" / "test_tumor")
+    before, records = _stamps(run_dir), {p.name: p.read_bytes() for p in (run_dir / "steps").iterdir()}
+    capsys.readouterr()
+    assert main(["run", "--profile", "smoke", "--run-dir", str(run_dir), *COHORT_ARGS, "-p", "lam=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "score (03_scoring.ipynb): lam: 0.1 -> 0.5" in err and "--force score" in err, err
+    (smoke_run / "data" / "other").mkdir()
+    assert main(["run", "--profile", "smoke", "--run-dir", str(run_dir), *COHORT_ARGS[:4],
+                 "--test-tumor", "data/other"]) == 2
+    assert "test_tumor:" in capsys.readouterr().err
+    assert _stamps(run_dir) == before  # nothing ran
+    assert {p.name: p.read_bytes() for p in (run_dir / "steps").iterdir()} == records
+
+
+def test_real_force_on_one_step_redoes_the_steps_after_it(smoke_run, monkeypatch):
+    monkeypatch.chdir(smoke_run)
+    monkeypatch.setenv("GLIO_KIT_QUIET", "1")
+    run_dir = _copy(smoke_run, "forced")
+    before, metrics = _stamps(run_dir), (run_dir / "metrics.json").stat().st_mtime_ns
+    args = ["run", "--profile", "smoke", "--run-dir", str(run_dir), *COHORT_ARGS, "-p", "lam=0.5"]
+    assert main([*args, "--force", "score"]) == 0
+    after = _stamps(run_dir)
+    assert [n for n in before if after[n] != before[n]] == NOTEBOOKS[2:]
+    assert (run_dir / "metrics.json").stat().st_mtime_ns != metrics
+    run = RunDir(run_dir)
+    assert run.record("score")["params"]["lam"] == 0.5
+    assert run.record("metrics")["upstream_attempts"]["score"] == run.record("score")["attempt"]
+    assert main(args) == 0 and _stamps(run_dir) == after  # the same values again: every step skipped
