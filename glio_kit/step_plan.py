@@ -183,12 +183,10 @@ def _upstream_changes(run: RunDir, st, rec: dict, now: dict) -> list[str]:
 
 
 def conflict_message(run: RunDir, conflicts: list[StepPlan]) -> str:
-    """Every changed value, step by step, and the two ways on."""
-    lines = [f"{run.path}: this run folder holds steps done with other settings; nothing was run or "
-             f"overwritten."]
-    for c in conflicts:
-        lines.append(f"  {c.step} ({c.notebook}): " + "; ".join(c.changes))
+    """Every changed value, step by step (on the first line, which a batch summary shows), and the
+    two ways on."""
+    every = "; ".join(f"{c.step} ({c.notebook}): {', '.join(c.changes)}" for c in conflicts)
     first = conflicts[0].step
-    lines.append(f"Either run into a new folder (--run-dir), or redo '{first}' and every step after it "
-                 f"with the new settings: --force {first}")
-    return "\n".join(lines)
+    return (f"{run.path}: this run folder holds steps done with other settings: {every}. Nothing was run "
+            f"or overwritten.\nEither run into a new folder (--run-dir), or redo '{first}' and every step "
+            f"after it with the new settings: --force {first}")
