@@ -62,12 +62,14 @@ def save_checkpoint(checkpoint: dict, path) -> None:
 REQUIRED_KEYS = ("epoch", "G", "D", "config")
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS, step: str = "train") -> dict:
     """``torch.load(path, weights_only=True)`` of a checkpoint; a file that cannot be read (cut
-    short, empty, not a checkpoint) raises :class:`RunFolderError` naming it and what to do."""
+    short, empty, not a checkpoint: a key of ``required`` missing) raises :class:`RunFolderError`
+    naming it and what to do (redo ``step``: ``train`` for the DCGAN, ``score`` for the encoder)."""
     path = Path(path)
-    todo = ("Delete it and redo the training (`glio-kit run --force train`, or notebook 02 with "
-            "overwrite=True)")
+    notebook = {"train": "02", "score": "03"}.get(step, "of the step")
+    todo = (f"Delete it and redo the step (`glio-kit run --force {step}`, or notebook {notebook} with "
+            f"overwrite=True)")
     if path.name == "last.pt":
         todo += "; or copy the newest epoch_XXX.pt beside it to last.pt to resume from that epoch"
     try:
@@ -77,9 +79,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise RunFolderError(f"{path}: the checkpoint cannot be read ({type(err).__name__}: {first}); "
                              f"it is damaged or was cut short (a full disk, a copy that stopped). "
                              f"{todo}") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise RunFolderError(f"{path}: not a glio-kit training checkpoint (missing {missing}). {todo}")
+        raise RunFolderError(f"{path}: not a glio-kit checkpoint (missing {missing}). {todo}")
     return ckpt
 
 

@@ -52,6 +52,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .atomic import atomic_path
+from .checkpoints import load_checkpoint
 from .config import ScoreSettings
 from .errors import InputError, RunFolderError
 from .model import fit_input, strided_conv_stack
@@ -341,8 +343,9 @@ def train_encoder(run, cache, settings: ScoreSettings, G: nn.Module, D: nn.Modul
     log = _fit_encoder(E, G, D, opt, data, shuffle, settings, progress)
     pd.DataFrame(log, columns=["epoch", "loss", "mse_image", "mse_features", "seconds"]).to_csv(
         out / "losses.csv", index=False)
-    torch.save(dict(state=E.state_dict(), latent_dim=E.latent_dim, nef=E.nef, image_size=list(E.image_size),
-                    params=params), out / "encoder.pt")
+    with atomic_path(out / "encoder.pt") as tmp:
+        torch.save(dict(state=E.state_dict(), latent_dim=E.latent_dim, nef=E.nef,
+                        image_size=list(E.image_size), params=params), tmp)
     run.mark_done("encoder", seconds=float(sum(r["seconds"] for r in log)), epochs=settings.encoder_epochs,
                   loss=float(log[-1]["loss"]) if log else float("nan"), n_train=int(len(rows)))
     return E
@@ -403,7 +406,8 @@ def load_encoder(run, device="cpu") -> Encoder:
     if not path.exists():
         raise RunFolderError(f"{path}: no trained encoder in this run folder; run the scoring step "
                              f"(notebook 03) with mapping='encoder' or 'encoder+iterative' first")
-    ck = torch.load(path, map_location=torch.device(device), weights_only=True)
+    ck = load_checkpoint(path, torch.device(device), required=("state", "latent_dim", "nef", "image_size"),
+                         step="score")
     E = Encoder(ck["latent_dim"], ck["nef"], tuple(ck["image_size"]))
     E.load_state_dict(ck["state"])
     return E.to(device).eval()
