@@ -11,8 +11,8 @@ digests of the steps it reads) is compared with its record in ``<run>/steps/``:
 - other parameters (or an earlier step redone since): **stop** naming each changed value,
   unless the record is an unfinished attempt that left nothing (:data:`STEP_PRODUCTS`),
   which is simply replaced;
-- ``force`` from a step: that step and every step after it **run**, their records marked stale
-  first.
+- ``force`` from a step: that step and every step after it **run** (later steps that never
+  ran in this folder are not added: they hold nothing stale), their records marked stale first.
 """
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ def _done_record(run: RunDir, name: str, needed_by: str) -> dict:
 
 def plan_chain(run: RunDir, profile: str, params: dict, selected: list[str], force_from: str | None = None,
                notebooks_out=None) -> list[StepPlan]:
-    """Decide, for each step of ``selected`` (and every step after ``force_from``), whether it runs.
+    """Decide, for each step of ``selected`` (and every step after ``force_from`` that this folder
+    holds a record of), whether it runs.
 
     run : the run folder; params : notebook parameters (paths already absolute); selected :
     step names; notebooks_out : the folder of executed notebooks (default ``<run>/notebooks``).
@@ -105,7 +106,8 @@ def plan_chain(run: RunDir, profile: str, params: dict, selected: list[str], for
     """
     out = run.path / "notebooks" if notebooks_out is None else notebooks_out
     force_at = ORDER.index(force_from) if force_from else len(ORDER)
-    names = [n for n in ORDER if n in selected or ORDER.index(n) >= force_at]
+    # forced: the later steps too, where this folder holds their (now stale) results
+    names = [n for n in ORDER if n in selected or (ORDER.index(n) >= force_at and run.record(n) is not None)]
     settings = _settings(profile, params)
     would, reran, blocked, plans, conflicts = {}, set(), set(), [], []
     for name in names:

@@ -124,6 +124,10 @@ def test_force_on_one_step_redoes_every_step_after_it(tmp_path, fake):
     assert chain(run_dir, fake, params={"lam": 0.5}) == []
     with pytest.raises(GlioKitError, match="--force scoring: no such step"):
         chain(run_dir, fake, force="scoring")
+    # steps after it that never ran in the folder are not added (a batch's shared prefix folder)
+    prefix = ["01_data_prep.ipynb", "02_train_dcgan.ipynb"]
+    assert chain(tmp_path / "prefix", fake, notebooks=prefix) == prefix
+    assert chain(tmp_path / "prefix", fake, notebooks=prefix, force=True) == prefix
 
 
 def test_step_redone_in_a_notebook_makes_later_steps_refuse(tmp_path, fake):
