@@ -321,6 +321,16 @@ def test_damaged_checkpoint_is_named(tmp_path, damage):
         assert "epoch_XXX.pt" in msg
 
 
+def test_damaged_encoder_is_named(tmp_path):
+    from glio_kit.mapping import load_encoder
+
+    run = RunDir(tmp_path / "run")
+    (run / "encoder").mkdir()
+    (run / "encoder" / "encoder.pt").write_bytes(b"")
+    with pytest.raises(RunFolderError, match="encoder.pt: the checkpoint cannot be read.*--force score"):
+        load_encoder(run)
+
+
 def test_damaged_loss_log_is_named_and_written_atomically(tmp_path):
     from glio_kit.train import LOSSES, EpochStats, _log_epoch, read_losses
 
