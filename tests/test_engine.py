@@ -27,18 +27,18 @@ RUNS = ["lam=0_mapping=iterative", "lam=0_mapping=encoder", "lam=0.5_mapping=ite
 
 
 def fake_chain(run_dir, profile, params, notebooks=None, force=False):
-    """Runs in a Dask worker: logs the call in ``<batch>/calls/<run>.log``, then behaves as
-    ``<batch>/BLOCK`` (lam 0.5 runs hang) and ``<batch>/DIE`` (the lam 0.5 encoder run kills
-    its worker process once) say, else acts like test_batch's FakeRunner."""
+    """Runs in a Dask worker: logs the call in ``control/<run>.log`` beside the batch folder,
+    then behaves as ``control/BLOCK`` (lam 0.5 runs hang) and ``control/DIE`` (the lam 0.5
+    encoder run kills its worker process once) say, else acts like test_batch's FakeRunner."""
     run_dir = Path(run_dir)
     batch = run_dir.parent.parent if run_dir.parent.name == B.SHARED_DIR else run_dir.parent
-    (batch / "calls").mkdir(exist_ok=True)
-    with open(batch / "calls" / f"{run_dir.name}.log", "a") as f:
+    control = batch.parent / "control"
+    with open(control / f"{run_dir.name}.log", "a") as f:
         f.write(",".join(notebooks or []) + "\n")
-    if params.get("lam") == 0.5 and (batch / "BLOCK").exists():
+    if params.get("lam") == 0.5 and (control / "BLOCK").exists():
         time.sleep(300)
-    if params.get("lam") == 0.5 and params.get("mapping") == "encoder" and (batch / "DIE").exists():
-        (batch / "DIE").unlink()
+    if params.get("lam") == 0.5 and params.get("mapping") == "encoder" and (control / "DIE").exists():
+        (control / "DIE").unlink()
         os._exit(3)  # the worker process dies mid-run, as on a preempted node
     return FakeRunner()(str(run_dir), profile, params, notebooks=notebooks, force=force)
 
@@ -54,7 +54,7 @@ run_batch({grid!r}, workers=2, executor=fake_chain, declared=DECLARED, pool="das
 
 
 def calls(out: Path, name: str) -> int:
-    log = out / "calls" / f"{name}.log"
+    log = out.parent / "control" / f"{name}.log"
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
@@ -63,9 +63,9 @@ def test_grid_runs_on_local_cluster_and_resumes_after_interruption(tmp_path, cap
     import distributed  # noqa: F401 - loads its configuration defaults
 
     grid = write_grid(tmp_path, GRID)
-    out = tmp_path / "batch"
-    out.mkdir()
-    (out / "BLOCK").touch()
+    out, control = tmp_path / "batch", tmp_path / "control"
+    control.mkdir()
+    (control / "BLOCK").touch()
     # 1) the batch in its own process, interrupted (Ctrl-C) while the lam 0.5 runs are running
     script = DRIVER.format(tests=str(Path(__file__).parent), grid=str(grid))
     with open(tmp_path / "driver.log", "w") as log:
@@ -89,8 +89,8 @@ def test_grid_runs_on_local_cluster_and_resumes_after_interruption(tmp_path, cap
     assert [calls(out, n) for n in RUNS] == [1, 1, 1, 1]
 
     # 2) started again: the finished runs are skipped; the lam 0.5 encoder run's worker dies
-    (out / "BLOCK").unlink()
-    (out / "DIE").touch()
+    (control / "BLOCK").unlink()
+    (control / "DIE").touch()
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         table = B.run_batch(grid, workers=2, executor=fake_chain, declared=DECLARED, pool="dask")
     st = dict(zip(table.run, table.status))
