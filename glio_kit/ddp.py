@@ -29,6 +29,7 @@ Tested on the CPU with gloo and 2 processes (``tests/test_ddp.py``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -57,6 +58,28 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum of a tensor over all processes; the gradient is the sum of the gradients (the
+    objective is the sum of every process's loss)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable ``all_reduce`` (sum) over the processes of the default group."""
+    return _AllReduceSum.apply(x)
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose training statistics are those of the global batch (every process).
 
@@ -70,8 +93,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or _world() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = all_reduce_sum
         xf, c, dims = x.float(), x.shape[1], (0, 2, 3)
         count = torch.full((1,), float(x.numel() // c), device=x.device)
         sums = all_reduce(torch.cat([xf.sum(dims), count]))
@@ -290,7 +312,11 @@ def _wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` in DistributedDataParallel (gradients averaged over the processes)."""
     ids = [device.index] if device.type == "cuda" else None
     # buffers (BatchNorm's running statistics) are the same on every process: nothing to broadcast
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    # before a forward pass (newer torch names the keyword forward_sync_buffers)
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    no_sync = {key: False}
+    return DistributedDataParallel(module, device_ids=ids, **no_sync)
 
 
 # ------------------------------------------------------------------------ the command
