@@ -200,14 +200,16 @@ def mapping_numbers(device, batch, steps, per_slice: int) -> dict:
         sync(device)
         return time.perf_counter() - t0
 
+    def per_s(xs, bs):
+        """Slice-steps/s from the time of ``steps`` extra steps (the whole run's when the
+        difference drowns in noise)."""
+        t1, t2 = run(xs, 1, bs), run(xs, 1 + steps, bs)
+        dt = t2 - t1 if t2 - t1 > 0.1 * t2 else t2 * steps / (1 + steps)
+        return steps * len(xs) / dt
+
     run(x, 1, batch)  # warm-up
-    t1, t2 = run(x, 1, batch), run(x, 1 + steps, batch)
-    batched = steps * batch / max(t2 - t1, 1e-9)
-    looped = float("nan")
-    if per_slice:
-        xs = x[:per_slice]
-        t1, t2 = run(xs, 1, 1), run(xs, 1 + steps, 1)
-        looped = steps * per_slice / max(t2 - t1, 1e-9)
+    batched = per_s(x, batch)
+    looped = per_s(x[:per_slice], 1) if per_slice else float("nan")
     with torch.no_grad():
         fx = D.features(x[:1])
     z = torch.randn(1, LATENT, device=device, requires_grad=True)
