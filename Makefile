@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-paper-shape test-ddp lab install clean-runs
+.PHONY: demo test test-install test-paper-shape test-ddp lab install clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,13 +27,19 @@ demo: $(STAMP)
 
 # Lint (ruff: pyflakes + pycodestyle, line length 110), the notebooks' parameter cells in sync
 # with glio_kit/config.py, unit tests, then every notebook under nbval in the smoke profile
-# (fresh temporary run folder).
+# (fresh temporary run folder). With Chromium and chromedriver installed (Debian: chromium,
+# chromium-driver) it also drives the residual browser in JupyterLab (tests/test_browser.py, ~1 min).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	tmp=$$(mktemp -d) && \
 	GLIO_KIT_PROFILE=smoke GLIO_KIT_RUN_DIR=$$tmp/run GLIO_KIT_DATA=$$tmp/data \
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax \
 	  --nbval-current-env; status=$$?; rm -rf $$tmp; exit $$status
+
+# The built wheel in a fresh venv (torch $(TORCH), the rest from its dependencies), the smoke chain
+# from an empty folder, glio-kit notebooks (about 5 min on 2 cores, most of it pip).
+test-install: $(STAMP)
+	GLIO_KIT_INSTALL_TEST=1 TORCH="$(TORCH)" $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_install.py
 
 # The whole chain at the paper's 448x364 and full widths on a tiny cohort (3-5 min on 2 cores).
 test-paper-shape: $(STAMP)
@@ -45,7 +51,12 @@ test-paper-shape: $(STAMP)
 test-ddp: $(STAMP)
 	GLIO_KIT_DDP=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_ddp.py
 
+# Notebooks 02-05 read what the notebooks before them wrote into the run folder (runs/<profile>):
+# run them in order from 01, or `make demo` first.
 lab: $(STAMP)
+	@test -d runs || echo "note: no runs/ yet. Notebooks 02-05 read what the ones before wrote into" \
+	  "runs/<profile>: run them in order from 01, or make demo first (or: $(BIN)/glio-kit run" \
+	  "--profile smoke --run-dir runs/smoke, then GLIO_KIT_PROFILE=smoke make lab)."
 	$(BIN)/jupyter lab notebooks/
 
 clean-runs:

@@ -386,6 +386,7 @@ def _notes(result: dict) -> list[str]:
     kind = res.get("kind", "positive")
     load = result.get("lesion_load") or {}
     shift = result.get("site_shift") or {}
+    n_val = result.get("n_val_healthy", "?")
     return [
         "",
         "Kit, paper's score: subject score = mean of slice anomaly scores A = (1-lambda) R + lambda D "
@@ -401,7 +402,7 @@ def _notes(result: dict) -> list[str]:
         "seeds), never on this run's test subjects.",
         "",
         "Thresholds: subject score > threshold = abnormal; threshold chosen on "
-        f"{result.get('n_val_healthy', '?')} healthy validation subjects at a target false-positive rate of "
+        f"{n_val} healthy validation subject{'' if n_val == 1 else 's'} at a target false-positive rate of "
         f"{result.get('fpr_target', '?')}. "
         "The test set chooses nothing, except the Dice upper bound, which is labelled test-tuned.",
         "",

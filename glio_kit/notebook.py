@@ -19,8 +19,6 @@ from .steps import STEPS, step as get_step
 PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
 #: Versions and device of each notebook of a run (:func:`record_environment`).
 ENVIRONMENT = "environment.json"
-#: Versions and device of each notebook of a run (:func:`record_environment`).
-ENVIRONMENT = "environment.json"
 
 
 def _literal(v) -> str:

@@ -18,7 +18,7 @@ from .errors import GlioKitError
 from .kernels import TrackedKernelManager, stop_kernels_on_signals
 from .notebook import freeze_widgets
 from .progress import terminal_progress
-from .runtime import RunDir
+from .runtime import RunDir, default_data_dir
 from .step_plan import force_step, plan_chain
 from .steps import STEPS, all_parameters, by_notebook, step
 
@@ -96,17 +96,25 @@ def resolve_paths(params: dict, base=None) -> dict:
 
 @contextmanager
 def _absolute_env(names=PATH_ENV):
-    """Make path variables of the environment absolute while the kernels run, then restore them."""
+    """Make path variables of the environment absolute while the kernels run, then restore them.
+
+    An unset ``GLIO_KIT_DATA`` is set to the data folder as seen from here (``data/`` of the
+    checkout, else ``./data``): the kernels run in the notebooks' folder, which for an installed
+    kit is inside site-packages, where no cohort belongs."""
     before = {n: os.environ.get(n) for n in names}
     for n, v in before.items():
         if v:
             os.environ[n] = os.path.abspath(os.path.expanduser(v))
+    if not os.environ.get("GLIO_KIT_DATA"):
+        os.environ["GLIO_KIT_DATA"] = str(default_data_dir().resolve())
     try:
         yield
     finally:
         for n, v in before.items():
             if v is not None:
                 os.environ[n] = v
+        if before.get("GLIO_KIT_DATA") is None:
+            os.environ.pop("GLIO_KIT_DATA", None)
 
 
 def kernel_options() -> dict:

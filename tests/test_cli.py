@@ -80,3 +80,17 @@ def test_batch_says_where_the_summary_went_and_when_nothing_ran(monkeypatch, tmp
     out = capsys.readouterr().out
     assert f"summary: {tmp_path / 'batch'}/summary.md" in out
     assert "2 runs: 2 done earlier" in out and "nothing ran" in out
+
+
+def test_kernels_get_the_data_folder_of_the_working_directory(monkeypatch):
+    """The kernels run in the notebooks' folder (inside site-packages for an installed kit): an unset
+    GLIO_KIT_DATA is pinned to the data folder as seen from where glio-kit runs, then unset again."""
+    import os
+
+    from glio_kit.runner import _absolute_env
+    from glio_kit.runtime import default_data_dir
+
+    monkeypatch.delenv("GLIO_KIT_DATA", raising=False)
+    with _absolute_env():
+        assert os.environ["GLIO_KIT_DATA"] == str(default_data_dir().resolve())
+    assert "GLIO_KIT_DATA" not in os.environ

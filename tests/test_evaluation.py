@@ -290,3 +290,10 @@ def test_site_shift_control():
     maps[: n // 2] = 1.0
     assert E.site_shift(shifted, maps)["auc_residual_mean"] == 1.0
     assert E.site_shift(slices[slices.label == 0])["auc_slice_A"] is None  # nothing to compare
+
+
+def test_notes_count_validation_subjects_in_words():
+    from glio_kit.evaluation import _notes
+
+    assert "on 1 healthy validation subject at" in " ".join(_notes({"n_val_healthy": 1, "fpr_target": 0.05}))
+    assert "on 12 healthy validation subjects at" in " ".join(_notes({"n_val_healthy": 12}))

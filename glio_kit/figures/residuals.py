@@ -26,8 +26,13 @@ def residual_style(vmax: float) -> dict:
 
 
 def _contour(ax, lesion) -> None:
+    """The ground truth's contour in :data:`~.style.LESION_COLOUR`, edged in white so that it shows
+    on the residual's red-yellow colour map too."""
     if np.any(lesion):
-        ax.contour(np.asarray(lesion, float), levels=[0.5], colors=LESION_COLOUR, linewidths=0.8)
+        from matplotlib import patheffects
+
+        cs = ax.contour(np.asarray(lesion, float), levels=[0.5], colors=LESION_COLOUR, linewidths=0.9)
+        cs.set(path_effects=[patheffects.withStroke(linewidth=2.4, foreground="white")])
 
 
 def draw_slice_panels(fig, panels: dict, subject: str, overlay: str = "both", threshold: float = 0.2,
