@@ -94,3 +94,15 @@ def test_kernels_get_the_data_folder_of_the_working_directory(monkeypatch):
     with _absolute_env():
         assert os.environ["GLIO_KIT_DATA"] == str(default_data_dir().resolve())
     assert "GLIO_KIT_DATA" not in os.environ
+
+
+def test_no_half_made_run_folder_when_the_notebooks_are_missing(monkeypatch, tmp_path):
+    import glio_kit.runner as runner
+
+    def missing():
+        raise GlioKitError("no notebooks found; the installation is incomplete")
+
+    monkeypatch.setattr(runner, "notebooks_dir", missing)
+    with pytest.raises(GlioKitError, match="incomplete"):
+        runner.run_chain(tmp_path / "r", "smoke")
+    assert not (tmp_path / "r").exists()

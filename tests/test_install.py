@@ -1,9 +1,10 @@
 """The kit as a user installs it: the built wheel in a fresh virtual environment, the smoke chain
-run from an empty folder, the notebooks copied out.
+and a batch run from an empty folder, the notebooks copied out.
 
-Slow (a fresh environment takes pip about 3 minutes, the chain about 1.5 on 2 cores), so it runs
-only with ``GLIO_KIT_INSTALL_TEST=1``: ``make test-install``, which ``.ci/run`` calls. torch comes
-from ``$TORCH`` (the Makefile's pinned CPU build), everything else from the wheel's dependencies.
+Slow (a fresh environment takes pip about 3 minutes, the chain and a one-run batch about 3 on
+2 cores), so it runs only with ``GLIO_KIT_INSTALL_TEST=1``: ``make test-install``, which ``.ci/run``
+calls. torch comes from ``$TORCH`` (the Makefile's pinned CPU build), everything else from the
+wheel's dependencies.
 """
 from __future__ import annotations
 
@@ -45,14 +46,15 @@ def test_wheel_in_a_fresh_venv_runs_the_smoke_chain_from_an_empty_folder(tmp_pat
     py, kit = venv / "bin" / "python", venv / "bin" / "glio-kit"
     _run([py, "-m", "pip", "install", "-q", os.environ.get("TORCH", "torch==2.13.0")])
     _run([py, "-m", "pip", "install", "-q", wheel])
-    where = _run([py, "-c", "import glio_kit.runner as r; print(r.notebooks_dir())"], cwd=tmp_path)
+    # as a new user's shell has it: none of this checkout's or this test's settings
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GLIO_KIT_") and k not in ("PYTEST_CURRENT_TEST", "PYTHONPATH", "VIRTUAL_ENV")}
+    where = _run([py, "-c", "import glio_kit.runner as r; print(r.notebooks_dir())"], cwd=tmp_path, env=env)
     assert where.strip().startswith(str(venv)), f"not the installed package: {where}"
 
     # the smoke chain from an empty folder, as a new user runs it
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("GLIO_KIT_") and k not in ("PYTEST_CURRENT_TEST", "PYTHONPATH", "VIRTUAL_ENV")}
     env["GLIO_KIT_PROFILE"] = "smoke"  # the profile from the environment, as the README says
     out = _run([kit, "run", "--run-dir", "r"], cwd=empty, env=env)
     run = empty / "r"
@@ -72,3 +74,9 @@ def test_wheel_in_a_fresh_venv_runs_the_smoke_chain_from_an_empty_folder(tmp_pat
     # the notebooks copied out for students
     out = _run([kit, "notebooks", "mine"], cwd=empty, env=env)
     assert sorted(p.name for p in (empty / "mine").glob("*.ipynb")) == sorted(s.notebook for s in STEPS)
+
+    # a batch from the same folder (one grid point: its prefix and its run)
+    (empty / "grid.yaml").write_text("profile: smoke\nout: b\nbase: {seed: 0}\ngrid: {lam: [0.5]}\n")
+    out = _run([kit, "batch", "grid.yaml"], cwd=empty, env=env)
+    assert f"summary: {empty / 'b'}/summary.md" in out and "1 runs: 1 ok" in out
+    assert (empty / "b" / "lam=0.5" / "metrics.json").exists()
