@@ -180,7 +180,7 @@ def browser(viewer: ResidualViewer, split: str = "test", threshold: float = 0.2)
                                           "both", "the input alone"])
     w_thr = W.FloatSlider(min=THRESHOLD_RANGE[0], max=THRESHOLD_RANGE[1], step=0.01, value=threshold,
                           description="threshold", readout_format=".2f", layout=W.Layout(**wide),
-                          description_tooltip="residual threshold in generator units (0-2)")
+                          tooltip="residual threshold in generator units (0-2)")
     units = W.Label("residual > threshold, in generator units (0 = reproduced exactly, 2 = full range)")
     out = W.Output()
     fig = plt.figure(figsize=(9, 3.3))
