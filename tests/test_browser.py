@@ -140,13 +140,17 @@ def test_residual_browser_in_jupyterlab(lab, browser):
         imgs = d.find_elements(By.CSS_SELECTOR, ".widget-vbox .widget-output img")
         return imgs[0].get_attribute("src") if imgs else None
 
-    def redrawn(before, what):
+    def wait_for(condition, what, seconds):
         try:
-            WebDriverWait(d, 30).until(lambda _: picture() not in (None, before))
+            WebDriverWait(d, seconds).until(lambda _: condition())
         except Exception:
-            d.save_screenshot(str(home / f"failed-{what}.png"))
-            raise AssertionError(f"the picture did not change after setting {what} (screenshot: "
-                                 f"{home / f'failed-{what}.png'}); widget output: {errors()}") from None
+            d.save_screenshot(str(home / "failed.png"))
+            raise AssertionError(f"{what} (after {seconds} s; screenshot: {home / 'failed.png'}; "
+                                 f"widget output: {errors()})") from None
+
+    def redrawn(before, what):
+        wait_for(lambda: picture() not in (None, before), f"the picture did not change after setting {what}",
+                 60)
         assert errors() == [], f"after setting {what}"
         return picture()
 
@@ -163,11 +167,11 @@ def test_residual_browser_in_jupyterlab(lab, browser):
         readout.send_keys(str(value), Keys.ENTER)
 
     d.get(f"{url}/lab/tree/{NOTEBOOK}?token={TOKEN}")
-    wait = WebDriverWait(d, 90)
-    wait.until(lambda _: d.execute_script(KERNEL) == "idle")
+    wait_for(lambda: d.execute_script("return !!window.jupyterapp") and d.execute_script(KERNEL) == "idle",
+             "JupyterLab did not open the notebook with an idle kernel", 180)
     d.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    wait.until(lambda _: picture() is not None)
-    wait.until(lambda _: d.execute_script(KERNEL) == "idle")
+    wait_for(lambda: picture() is not None, "the browser widget did not draw", 180)
+    wait_for(lambda: d.execute_script(KERNEL) == "idle", "notebook 04 did not finish", 180)
     assert errors() == []
     box = d.find_element(By.CSS_SELECTOR, ".widget-vbox")
     d.execute_script("arguments[0].scrollIntoView()", box)
