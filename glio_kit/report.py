@@ -94,21 +94,20 @@ def _figures(run: Path) -> str:
         return "<h2>Figures</h2><p>No figures yet.</p>"
     out = ["<h2>Figures</h2>"]
     for st in STEPS:
-        prefix = st.notebook[:2]
-        mine = [f for f in figs if f.name.startswith(prefix + "_")]
+        mine = [f for f in figs if f.name.startswith(st.notebook[:2] + "_")]
         if mine:
             out.append(f"<h3>{_e(st.notebook.removesuffix('.ipynb'))}</h3>")
-        for f in mine:
-            data = base64.b64encode(f.read_bytes()).decode("ascii")
-            caption = CAPTIONS.get(f.stem, f.stem)
-            out.append(f"<figure><img alt='{_e(f.stem)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{_e(caption)} (<code>figures/{_e(f.name)}</code>)</figcaption></figure>")
-    others = [f for f in figs if not any(f.name.startswith(s.notebook[:2] + "_") for s in STEPS)]
-    for f in others:
-        data = base64.b64encode(f.read_bytes()).decode("ascii")
-        out.append(f"<figure><img alt='{_e(f.stem)}' src='data:image/png;base64,{data}'>"
-                   f"<figcaption><code>figures/{_e(f.name)}</code></figcaption></figure>")
+        out += [_figure(f) for f in mine]
+    out += [_figure(f) for f in figs if not any(f.name.startswith(s.notebook[:2] + "_") for s in STEPS)]
     return "\n".join(out)
+
+
+def _figure(png: Path) -> str:
+    """One figure, embedded as a ``data:`` URI, with its name (and what it is, where that says more)."""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    caption = CAPTIONS.get(png.stem, png.stem)
+    return (f"<figure><img alt='{_e(png.stem)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(caption)} (<code>figures/{_e(png.name)}</code>)</figcaption></figure>")
 
 
 def _settings(records: dict) -> str:
