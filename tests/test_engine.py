@@ -70,12 +70,13 @@ def test_grid_runs_on_local_cluster_and_resumes_after_interruption(tmp_path, cap
     script = DRIVER.format(tests=str(Path(__file__).parent), grid=str(grid))
     with open(tmp_path / "driver.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # generous: a loaded 2-core machine starts workers slowly
         while time.time() < deadline and not all((out / n / "metrics.json").exists() for n in RUNS[:2]):
             assert proc.poll() is None, (tmp_path / "driver.log").read_text()
             time.sleep(0.5)
         while time.time() < deadline and not (calls(out, RUNS[2]) and calls(out, RUNS[3])):
             time.sleep(0.5)
+        started = calls(out, RUNS[2]) and calls(out, RUNS[3])
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(60)
@@ -83,6 +84,7 @@ def test_grid_runs_on_local_cluster_and_resumes_after_interruption(tmp_path, cap
             proc.kill()
             raise
     driver_log = (tmp_path / "driver.log").read_text()
+    assert started, f"the lam 0.5 runs never started within the deadline:\n{driver_log}"
     assert proc.returncode != 0 and "KeyboardInterrupt" in driver_log, driver_log
     assert "dashboard http" in driver_log
     assert [B.is_finished(out / n) for n in RUNS] == [True, True, False, False]
