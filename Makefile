@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-install test-paper-shape test-ddp test-engine lab install clean-runs
+.PHONY: demo test test-install test-paper-shape test-ddp lab install clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,10 +46,6 @@ test-paper-shape: $(STAMP)
 	tmp=$$(mktemp -d) && \
 	GLIO_KIT_PAPER_SHAPE=1 GLIO_KIT_DATA=$$tmp/data $(BIN)/python -m pytest -q -p no:cacheprovider \
 	  tests/test_paper_shape.py; status=$$?; rm -rf $$tmp; exit $$status
-
-# The batch engine interrupted with Ctrl-C and resumed, in a pytest session of its own (~20 s).
-test-engine: $(STAMP)
-	GLIO_KIT_ENGINE_INTERRUPT=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_engine.py
 
 # DistributedDataParallel with gloo, 2 CPU processes, against one process (about 1.5 min on 2 cores).
 test-ddp: $(STAMP)
