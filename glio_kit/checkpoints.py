@@ -7,6 +7,7 @@ wrote it:
 
     epoch          epochs trained
     G, D           state dicts of the generator and the discriminator
+    G_ema          with ``ema_decay > 0``: the moving average of G, which the later steps load
     optG, optD     state dicts of their Adam optimisers
     scaler         state of the fp16 GradScaler (empty when unused)
     config         the training's identity (:meth:`TrainSettings.identity`) plus ``image_size``
@@ -45,11 +46,14 @@ def checkpoint_path(run, epoch: int | None = None) -> Path:
 def make_checkpoint(epoch: int, gan, config: dict, rng: dict, fixed_z: torch.Tensor, device) -> dict:
     """The checkpoint after ``epoch`` (the table above); ``gan``: a
     :class:`~glio_kit.train.GAN` (G, D, opt_G, opt_D, scaler); ``rng``: :func:`rng_state`."""
-    return dict(
+    ckpt = dict(
         epoch=epoch, G=gan.G.state_dict(), D=gan.D.state_dict(), optG=gan.opt_G.state_dict(),
         optD=gan.opt_D.state_dict(), scaler=gan.scaler.state_dict(), config=config, rng=rng, fixed_z=fixed_z,
         torch_version=str(torch.__version__), device=str(device),
     )
+    if getattr(gan, "G_ema", None) is not None:
+        ckpt["G_ema"] = gan.G_ema.state_dict()
+    return ckpt
 
 
 def save_checkpoint(checkpoint: dict, path) -> None:
@@ -151,7 +155,9 @@ def restore_rng(state: dict, shuffle_gen: torch.Generator, noise_gen: torch.Gene
 def load_models(run, device="cpu"):
     """``(G, D, meta)`` from ``<run>/train/checkpoints/last.pt``, in eval mode on ``device``.
 
-    ``meta`` holds ``epoch``, ``config`` (the training's identity and image size) and ``path``.
+    G is the moving average of the generator when the training kept one (``ema_decay > 0``).
+    ``meta`` holds ``epoch``, ``config`` (the training's identity and image size), ``path`` and
+    ``ema`` (whether G is the average).
     (Building the models draws their initial weights from the global torch RNG before the
     trained ones replace them, as it always has: later steps' random draws depend on it.)
     """
@@ -164,7 +170,8 @@ def load_models(run, device="cpu"):
     c = ckpt["config"]
     G, D = build_models(c["latent_dim"], c["ngf"], c["ndf"], c["image_size"])
     G, D = G.to(device), D.to(device)
-    G.load_state_dict(ckpt["G"])
+    ema = "G_ema" in ckpt
+    G.load_state_dict(ckpt["G_ema"] if ema else ckpt["G"])
     D.load_state_dict(ckpt["D"])
     G.eval(), D.eval()
-    return G, D, dict(epoch=int(ckpt["epoch"]), config=c, path=str(path))
+    return G, D, dict(epoch=int(ckpt["epoch"]), config=c, path=str(path), ema=ema)

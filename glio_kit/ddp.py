@@ -48,7 +48,7 @@ from .samples import GRID_NROW, SAMPLES, fixed_samples, save_grid, save_real_gri
 from .slice_batches import SliceBatches
 from .train import (BCE, GAN, EpochStats, _cudnn_autotuner, _log_epoch, _result, _show_stats,
                     _start_or_resume, build_gan, dcgan_step, fixed_latents, precision, random_streams,
-                    read_losses, training_rows)
+                    read_losses, training_rows, update_ema)
 
 __all__ = ["GlobalBatchNorm2d", "global_batchnorm", "rank_share", "epoch_shares", "train_ddp", "main"]
 
@@ -177,6 +177,8 @@ def ddp_epoch(gan: GAN, data: SliceBatches, perm: torch.Tensor, noise_gen: torch
         crit = BCE if weight == 1.0 else (lambda out, lab, w=weight: BCE(out, lab) * w)
         st = dcgan_step(gan.G, gan.D, gan.opt_G, gan.opt_D, real, z, criterion=crit, scaler=gan.scaler,
                         autocast=autocast)
+        if gan.G_ema is not None:  # every process: G is the same everywhere, so is its average
+            update_ema(gan.G_ema, gan.G, gan.ema_decay)
         with torch.no_grad():
             acc += torch.stack([st.loss_d.float() * b / weight, st.loss_g.float() * b / weight,
                                 st.d_x.sum(), st.d_g_z.sum(), torch.tensor(float(b), device=device)])
@@ -266,7 +268,7 @@ def train_ddp(run, cache, settings: TrainSettings, resume: bool = True, progress
             stats = ddp_epoch(gan, data, perm, streams[1], rank=rank, world=world, autocast=prec.autocast,
                               bar=bar, epoch=epoch)
             with prec.autocast():  # every process: BatchNorm statistics are collective
-                samples = fixed_samples(plain.G, fixed_z.to(device))
+                samples = fixed_samples(plain.G_sampling, fixed_z.to(device))
             if rank == 0:
                 losses = _write_epoch(run, plain, config, streams, fixed_z, device, settings, epoch, samples,
                                       losses, stats, time.perf_counter() - t0)

@@ -430,11 +430,25 @@ def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progres
 COHORT_GROUPS = ("train_healthy", "test_healthy", "test_tumor")
 
 
+#: How a ``synth_*`` knob set away from its profile's value shows in the cohort's folder name.
+SYNTH_NAME_PARTS = dict(synth_train_healthy="train", synth_test_healthy="healthy", synth_test_tumor="tumor",
+                        synth_voxel_size="voxel", synth_wmh_fraction="wmh")
+
+
 def synthetic_root(settings: PrepSettings) -> Path:
-    """The synthetic demo cohort's folder: ``<data>/synthetic-<profile>-seed<seed>`` (absolute)."""
+    """The synthetic demo cohort's folder (absolute): ``<data>/synthetic-<profile>-seed<seed>``,
+    followed by each ``synth_*`` value that differs from the profile's (``-train300``), so that
+    another cohort never meets the folder of this one."""
+    from .config import get_config
     from .runtime import default_data_dir
 
-    return (default_data_dir() / f"synthetic-{settings.profile}-seed{settings.seed}").expanduser().resolve()
+    profile = get_config(settings.profile).prep
+    name = f"synthetic-{settings.profile}-seed{settings.seed}"
+    for knob, part in SYNTH_NAME_PARTS.items():
+        value = getattr(settings, knob)
+        if value != getattr(profile, knob):
+            name += f"-{part}{value:g}"
+    return (default_data_dir() / name).expanduser().resolve()
 
 
 def cohort_folders(settings: PrepSettings, train_healthy_dir: str = "", test_healthy_dir: str = "",
@@ -462,8 +476,8 @@ def resolve_cohort(settings: PrepSettings, train_healthy_dir: str = "", test_hea
                    test_tumor_dir: str = "", progress: bool = True) -> dict:
     """The three cohort folders: the user's, or the synthetic demo cohort when all are empty.
 
-    The synthetic cohort is ``<data>/synthetic-<profile>-seed<seed>``, written once with the
-    ``synth_*`` settings and reused afterwards. Returns dict with ``train_healthy``,
+    The synthetic cohort is ``<data>/synthetic-<profile>-seed<seed>`` (:func:`synthetic_root`),
+    written once with the ``synth_*`` settings and reused afterwards. Returns dict with ``train_healthy``,
     ``test_healthy``, ``test_tumor`` (absolute str paths, :func:`cohort_folders`) and
     ``synthetic`` (bool).
     """

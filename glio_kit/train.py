@@ -20,6 +20,7 @@ epochs, with what a reproduction needs around them:
 """
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -39,8 +40,8 @@ from .runtime import choose_device, quiet, seed_everything
 from .samples import GRID_NROW, N_SAMPLES, SAMPLES, fixed_samples, save_grid, save_real_grid
 from .slice_batches import SliceBatches
 
-__all__ = ["dcgan_step", "StepStats", "train_epoch", "EpochStats", "train_dcgan", "build_gan", "GAN",
-           "Precision", "precision", "random_streams", "fixed_latents", "training_rows", "read_losses",
+__all__ = ["dcgan_step", "StepStats", "update_ema", "train_epoch", "EpochStats", "train_dcgan", "build_gan",
+           "GAN", "Precision", "precision", "random_streams", "fixed_latents", "training_rows", "read_losses",
            "LOSS_COLUMNS", "LOSSES", "SHUFFLE_SEED_OFFSET", "NOISE_SEED_OFFSET", "FIXED_Z_SEED_OFFSET",
            "RESEED_STRIDE",
            "load_models"]  # re-exported: its home is glio_kit.checkpoints
@@ -118,6 +119,23 @@ def dcgan_step(G: nn.Module, D: nn.Module, opt_G, opt_D, real: torch.Tensor, z: 
                          torch.sigmoid(out_fake.detach().float()))
 
 
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
+    """Move the averaged generator towards G after an update: ``w_ema = decay * w_ema + (1 -
+    decay) * w`` for every weight and BatchNorm running statistic (counters are copied).
+
+    With decay d the average reaches back about 1 / (1 - d) updates (0.995: 200). ``G`` may be
+    wrapped by DistributedDataParallel.
+    """
+    src = getattr(G, "module", G).state_dict()
+    for name, w_ema in G_ema.state_dict().items():
+        w = src[name]
+        if w_ema.is_floating_point():
+            w_ema.lerp_(w.to(w_ema.dtype), 1.0 - decay)
+        else:
+            w_ema.copy_(w)
+
+
 # ------------------------------------------------------------ models and precision
 class Precision(NamedTuple):
     """How the update computes: autocast mixed precision and channels-last memory on CUDA with
@@ -150,13 +168,22 @@ def precision(amp: bool, device: torch.device) -> Precision:
 
 
 class GAN(NamedTuple):
-    """The two networks, their Adam optimisers and the gradient scaler of fp16."""
+    """The two networks, their Adam optimisers and the gradient scaler of fp16; with
+    ``ema_decay > 0`` also the moving average of G (:func:`update_ema`), which sampling and
+    mapping use."""
 
     G: nn.Module
     D: nn.Module
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    G_ema: nn.Module | None = None
+    ema_decay: float = 0.0
+
+    @property
+    def G_sampling(self) -> nn.Module:
+        """The generator the samples and the later steps use: the average when there is one."""
+        return self.G if self.G_ema is None else self.G_ema
 
 
 def build_gan(settings: TrainSettings, image_size, device: torch.device, prec: Precision,
@@ -172,7 +199,10 @@ def build_gan(settings: TrainSettings, image_size, device: torch.device, prec: P
     lr = settings.lr if lr is None else lr
     opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(settings.beta1, settings.beta2))
     opt_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(settings.beta1, settings.beta2))
-    return GAN(G, D, opt_G, opt_D, prec.scaler())
+    G_ema = None
+    if settings.ema_decay > 0:  # starts as G; never trained, only averaged
+        G_ema = copy.deepcopy(G).requires_grad_(False)
+    return GAN(G, D, opt_G, opt_D, prec.scaler(), G_ema, settings.ema_decay)
 
 
 def random_streams(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
@@ -220,6 +250,8 @@ def train_epoch(gan: GAN, batches, noise_gen: torch.Generator, *, autocast=nullc
         b = real.shape[0]
         z = torch.randn(b, gan.G.latent_dim, 1, 1, device=device, generator=noise_gen)
         st = dcgan_step(gan.G, gan.D, gan.opt_G, gan.opt_D, real, z, scaler=gan.scaler, autocast=autocast)
+        if gan.G_ema is not None:
+            update_ema(gan.G_ema, gan.G, gan.ema_decay)
         with torch.no_grad():
             acc += torch.stack([st.loss_d.float() * b, st.loss_g.float() * b, st.d_x.sum(), st.d_g_z.sum()])
         n_seen += b
@@ -291,6 +323,8 @@ def _start_or_resume(run, gan: GAN, config: dict, settings: TrainSettings, resum
     gan.opt_D.load_state_dict(ckpt["optD"])
     if ckpt.get("scaler"):
         gan.scaler.load_state_dict(ckpt["scaler"])
+    if gan.G_ema is not None:
+        gan.G_ema.load_state_dict(ckpt["G_ema"])
     epoch = int(ckpt["epoch"])
     reseed = settings.seed + NOISE_SEED_OFFSET + RESEED_STRIDE * epoch
     restore_rng(ckpt["rng"], shuffle_gen, noise_gen, reseed=reseed)
@@ -386,7 +420,7 @@ def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progre
                                 epoch=epoch)
 
             with prec.autocast():
-                samples = fixed_samples(gan.G, fixed_dev)
+                samples = fixed_samples(gan.G_sampling, fixed_dev)
             save_grid(samples, run / SAMPLES / f"epoch_{epoch:03d}.png", nrow=GRID_NROW)
             ckpt = make_checkpoint(epoch, gan, config, rng_state(shuffle_gen, noise_gen), fixed_z, device)
             if epoch % every == 0 or epoch == settings.epochs:

@@ -39,7 +39,8 @@ TOL = 1e-5
 WORLD = 2
 #: 16 training slices of 16x16 in batches of 7: pieces 7, 7, 2 (shares 4 + 3, 4 + 3, 1 + 1), so
 #: the weighting of unequal shares is exercised every epoch.
-KNOBS = dict(ngf=8, ndf=8, latent_dim=16, batch_size=7, lr=0.002, checkpoint_every=1)
+#: With the moving average of G, which every process keeps the same.
+KNOBS = dict(ngf=8, ndf=8, latent_dim=16, batch_size=7, lr=0.002, checkpoint_every=1, ema_decay=0.9)
 
 
 def settings(epochs: int):
@@ -85,7 +86,7 @@ def train_two_processes(run_dir, epochs: int, breakage: str = "") -> None:
 
 def weights(run) -> dict:
     ckpt = torch.load(RunDir(run, create=False) / "train" / "checkpoints" / "last.pt", weights_only=True)
-    return {f"{net}.{k}": v.float() for net in ("G", "D") for k, v in ckpt[net].items()}
+    return {f"{net}.{k}": v.float() for net in ("G", "D", "G_ema") for k, v in ckpt[net].items()}
 
 
 def max_diff(a: dict, b: dict) -> float:

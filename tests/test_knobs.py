@@ -20,7 +20,8 @@ VALUES = dict(
     synth_train_healthy=5, synth_test_healthy=3, synth_test_tumor=3, synth_voxel_size=5.0,
     synth_wmh_fraction=0.34,
     normalisation="zscore", image_size=[32, 24], slab=[0.35, 0.65], n_slices=3, val_fraction=0.4,
-    latent_dim=16, ngf=4, ndf=4, epochs=1, batch_size=4, lr=0.001, beta1=0.6, beta2=0.99, amp=False,
+    latent_dim=16, ngf=4, ndf=4, epochs=1, batch_size=4, lr=0.001, beta1=0.6, beta2=0.99, ema_decay=0.5,
+    amp=False,
     checkpoint_every=2, compare_paper_lr_epochs=0,
     mapping="encoder+iterative", mapping_steps=3, mapping_lr=0.02, mapping_batch_size=16, restarts=2, lam=0.3,
     encoder_epochs=2, encoder_lr=0.002, encoder_batch_size=4, kappa=0.5, subject_reduction="topk", topk=2,
@@ -74,7 +75,10 @@ def test_every_knob_changes_the_output_that_depends_on_it(knob_run):
     tmp, run_dir = knob_run
     v = VALUES
     # prep: cohort, split, slices, size, normalisation
-    cohort = json.loads((tmp / "data" / f"synthetic-smoke-seed{v['seed']}" / "cohort.json").read_text())
+    # another synthetic cohort gets a folder of its own, named by what differs from the profile
+    folder = f"synthetic-smoke-seed{v['seed']}-train5-healthy3-tumor3-voxel5-wmh0.34"
+    assert [p.name for p in (tmp / "data").glob("synthetic-*")] == [folder]
+    cohort = json.loads((tmp / "data" / folder / "cohort.json").read_text())
     made = cohort["parameters"]
     assert made["voxel_size"] == v["synth_voxel_size"] and made["wmh_fraction"] == v["synth_wmh_fraction"]
     index = pd.read_csv(run_dir / "cache" / "index.csv", dtype={"subject": str})
@@ -89,8 +93,9 @@ def test_every_knob_changes_the_output_that_depends_on_it(knob_run):
     import torch
 
     ckpt = torch.load(run_dir / "train" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    for k in ("latent_dim", "ngf", "ndf", "lr", "beta1", "beta2", "batch_size", "amp"):
+    for k in ("latent_dim", "ngf", "ndf", "lr", "beta1", "beta2", "ema_decay", "batch_size", "amp"):
         assert ckpt["config"][k] == v[k], k
+    assert "G_ema" in ckpt  # the average of G, which the mapping loads
     assert len(pd.read_csv(run_dir / "train" / "losses.csv")) == v["epochs"]
     assert (run_dir / "train" / "checkpoints" / f"epoch_{v['epochs']:03d}.pt").exists()
     assert not (run_dir / "figures" / "02_learning_rate_comparison.png").exists()

@@ -94,3 +94,14 @@ def test_prepare_reuses_and_refuses(tmp_path, tiny_cohort):
     with pytest.raises(RunFolderError, match="n_slices"):
         prepare(run, _cfg(n_slices=3), tiny_cohort, progress=False)
     assert SliceCache(run / "cache").images.shape[0] == 16  # the earlier cache is intact
+
+
+def test_synthetic_cohort_folder_names_what_differs_from_the_profile(monkeypatch, tmp_path):
+    from glio_kit.preprocess import synthetic_root
+
+    monkeypatch.setenv("GLIO_KIT_DATA", str(tmp_path))
+    assert synthetic_root(get_config("demo", seed=1).prep) == tmp_path / "synthetic-demo-seed1"
+    bigger = get_config("demo", seed=1, synth_train_healthy=300, synth_wmh_fraction=0.5).prep
+    assert synthetic_root(bigger) == tmp_path / "synthetic-demo-seed1-train300-wmh0.5"
+    # the paper profile's own 300 is its default, not a difference
+    assert synthetic_root(get_config("paper", synth_train_healthy=300).prep).name == "synthetic-paper-seed0"

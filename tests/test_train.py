@@ -80,6 +80,9 @@ def assert_same_training(r1, r2):
     assert c1["epoch"] == c2["epoch"]
     assert state_equal(c1["G"], c2["G"])
     assert state_equal(c1["D"], c2["D"])
+    assert ("G_ema" in c1) == ("G_ema" in c2)
+    if "G_ema" in c1:
+        assert state_equal(c1["G_ema"], c2["G_ema"])
     for opt in ("optG", "optD"):
         s1, s2 = c1[opt]["state"], c2[opt]["state"]
         assert s1.keys() == s2.keys()
@@ -221,6 +224,47 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     T.train_dcgan(broken, c_broken, tiny(epochs=3), progress=False, overwrite=True)
     with pytest.raises(AssertionError):
         assert_same_training(ref, broken)
+
+
+def test_update_ema_is_the_moving_average():
+    G, _ = build_models(8, 4, 4, (16, 16))
+    G_ema = copy.deepcopy(G)
+    before = {k: v.clone() for k, v in G_ema.state_dict().items()}
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+        G(torch.randn(3, 8, 1, 1))  # train mode: the BatchNorm running statistics move
+    T.update_ema(G_ema, G, 0.9)
+    now, new = G_ema.state_dict(), G.state_dict()
+    for k, v in now.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.9 * before[k] + 0.1 * new[k], atol=1e-6), k
+        else:
+            assert torch.equal(v, new[k]), k
+    assert not torch.equal(now["main.0.weight"], new["main.0.weight"])
+
+
+def test_ema_generator_is_saved_resumed_and_loaded(tmp_path):
+    """With ema_decay, the checkpoint holds the average of G, which load_models returns (what the
+    mapping uses); an interrupted training resumes it exactly; ema_decay=0 keeps the plain G."""
+    ref, c_ref = make_run(tmp_path, "ref")
+    T.train_dcgan(ref, c_ref, tiny(epochs=2, ema_decay=0.9), progress=False)
+    ckpt = weights(ref)
+    assert ckpt["config"]["ema_decay"] == 0.9
+    assert not state_equal(ckpt["G_ema"], ckpt["G"])
+    G, _, meta = C.load_models(ref)
+    assert meta["ema"] and state_equal(G.state_dict(), ckpt["G_ema"])
+
+    run, cache = make_run(tmp_path, "resumed")
+    T.train_dcgan(run, cache, tiny(epochs=1, ema_decay=0.9), progress=False)
+    T.train_dcgan(run, cache, tiny(epochs=2, ema_decay=0.9), progress=False, overwrite=True)
+    assert_same_training(ref, run)
+
+    plain, c_plain = make_run(tmp_path, "plain")
+    T.train_dcgan(plain, c_plain, tiny(epochs=2), progress=False)
+    assert "G_ema" not in weights(plain) and not C.load_models(plain)[2]["ema"]
+    # the same updates of G with or without its average
+    assert state_equal(weights(plain)["G"], ckpt["G"])
 
 
 def test_more_epochs_continue_exactly(tmp_path):
