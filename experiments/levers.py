@@ -32,8 +32,8 @@ from glio_kit.runner import run_chain  # noqa: E402
 
 #: name -> (knobs set away from the demo profile, the lever whose trained run it may start from)
 LEVERS: dict[str, tuple[dict, str | None]] = {
-    "demo-settings": ({}, None),
-    "ema": (dict(ema_decay=0.995), None),
+    "demo-settings": (dict(ema_decay=0.0), None),  # the demo profile before this ablation
+    "ema": (dict(ema_decay=0.995), None),  # the demo profile's settings since
     "ema+encoder-init": (dict(ema_decay=0.995, mapping="encoder+iterative"), "ema"),
     "ema+300-healthy": (dict(ema_decay=0.995, synth_train_healthy=300, epochs=14), None),
 }
