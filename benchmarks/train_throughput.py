@@ -4,14 +4,15 @@ Same cached slices, same model, same batch size, same device and precision. The 
 is the whole ``train_dcgan`` call (step record, data placement, loss logging, progress
 accounting, a sample grid and a checkpoint every epoch); the bare side is PyTorch's DCGAN
 loop over plain tensors with nothing else. Both make the same update,
-``glio_kit.train.dcgan_step``. Each side is warmed up with one epoch first, then timed for
-``--epochs`` epochs, ``--repeats`` times alternating (the best of each is kept, which damps
-noise from other processes). The last line is the ratio of images per second,
-kit / bare (target: at least 0.9).
+``glio_kit.train.dcgan_step``; with the demo profile's ``ema_decay`` the kit also updates the
+moving average of G after each step (``--ema-decay 0`` leaves it out). Each side is warmed up
+with one epoch first, then timed for ``--epochs`` epochs, ``--repeats`` times alternating (the
+best of each is kept, which damps noise from other processes). The last line is the ratio of
+images per second, kit / bare (target: at least 0.9).
 
     python benchmarks/train_throughput.py [--run-dir RUN] [--image-size 64] [--ngf 32]
         [--ndf 32] [--epochs 3] [--batch-size 64] [--n-train 768] [--repeats 3]
-        [--device auto] [--threads N] [--no-amp]
+        [--device auto] [--threads N] [--no-amp] [--ema-decay D]
 
 On a CPU shared with other work, ``--threads 1`` gives steadier numbers: torch's worker
 threads slow down badly when other processes take the cores they wait on.
@@ -138,13 +139,16 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-amp", action="store_true", help="full precision on CUDA too")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="the kit's moving average of G (default: the demo profile's; 0: off, like the bare "
+                        "loop)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
 
     device = choose_device(a.device)
     s = get_config("demo", ngf=a.ngf, ndf=a.ndf or a.ngf, batch_size=a.batch_size, device=str(device),
-                   amp=not a.no_amp).train
+                   amp=not a.no_amp, ema_decay=a.ema_decay).train
     with tempfile.TemporaryDirectory(prefix="glio-bench-") as tmp:
         tmp = Path(tmp)
         if a.run_dir:
@@ -154,7 +158,7 @@ def main() -> None:
         n = len(cache.rows(split="train"))
         print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
               f"{n} train slices {cache.image_size[0]}x{cache.image_size[1]} | ngf {s.ngf} ndf {s.ndf} | "
-              f"batch {s.batch_size} | {a.epochs} epochs x {a.repeats} | "
+              f"batch {s.batch_size} | {a.epochs} epochs x {a.repeats} | ema {s.ema_decay} | "
               f"amp {s.amp and device.type == 'cuda'}")
         kit_run(cache, s, 1, tmp / "warm")  # warm-up: kernels, allocator, lazy imports
         kit, bare = [], []
