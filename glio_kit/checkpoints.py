@@ -45,13 +45,13 @@ def checkpoint_path(run, epoch: int | None = None) -> Path:
 
 def make_checkpoint(epoch: int, gan, config: dict, rng: dict, fixed_z: torch.Tensor, device) -> dict:
     """The checkpoint after ``epoch`` (the table above); ``gan``: a
-    :class:`~glio_kit.train.GAN` (G, D, opt_G, opt_D, scaler); ``rng``: :func:`rng_state`."""
+    :class:`~glio_kit.train.GAN` (G, D, opt_G, opt_D, scaler, G_ema); ``rng``: :func:`rng_state`."""
     ckpt = dict(
         epoch=epoch, G=gan.G.state_dict(), D=gan.D.state_dict(), optG=gan.opt_G.state_dict(),
         optD=gan.opt_D.state_dict(), scaler=gan.scaler.state_dict(), config=config, rng=rng, fixed_z=fixed_z,
         torch_version=str(torch.__version__), device=str(device),
     )
-    if getattr(gan, "G_ema", None) is not None:
+    if gan.G_ema is not None:
         ckpt["G_ema"] = gan.G_ema.state_dict()
     return ckpt
 

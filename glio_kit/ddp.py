@@ -48,7 +48,7 @@ from .samples import GRID_NROW, SAMPLES, fixed_samples, save_grid, save_real_gri
 from .slice_batches import SliceBatches
 from .train import (BCE, GAN, EpochStats, _cudnn_autotuner, _log_epoch, _result, _show_stats,
                     _start_or_resume, build_gan, dcgan_step, fixed_latents, precision, random_streams,
-                    read_losses, training_rows, update_ema)
+                    read_losses, training_rows)
 
 __all__ = ["GlobalBatchNorm2d", "global_batchnorm", "rank_share", "epoch_shares", "train_ddp", "main"]
 
@@ -177,8 +177,7 @@ def ddp_epoch(gan: GAN, data: SliceBatches, perm: torch.Tensor, noise_gen: torch
         crit = BCE if weight == 1.0 else (lambda out, lab, w=weight: BCE(out, lab) * w)
         st = dcgan_step(gan.G, gan.D, gan.opt_G, gan.opt_D, real, z, criterion=crit, scaler=gan.scaler,
                         autocast=autocast)
-        if gan.G_ema is not None:  # every process: G is the same everywhere, so is its average
-            update_ema(gan.G_ema, gan.G, gan.ema_decay)
+        gan.update_average()  # every process: G is the same everywhere, so is its average
         with torch.no_grad():
             acc += torch.stack([st.loss_d.float() * b / weight, st.loss_g.float() * b / weight,
                                 st.d_x.sum(), st.d_g_z.sum(), torch.tensor(float(b), device=device)])

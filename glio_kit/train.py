@@ -185,6 +185,11 @@ class GAN(NamedTuple):
         """The generator the samples and the later steps use: the average when there is one."""
         return self.G if self.G_ema is None else self.G_ema
 
+    def update_average(self) -> None:
+        """After an update of G: move its moving average, when there is one (:func:`update_ema`)."""
+        if self.G_ema is not None:
+            update_ema(self.G_ema, self.G, self.ema_decay)
+
 
 def build_gan(settings: TrainSettings, image_size, device: torch.device, prec: Precision,
               lr: float | None = None) -> GAN:
@@ -250,8 +255,7 @@ def train_epoch(gan: GAN, batches, noise_gen: torch.Generator, *, autocast=nullc
         b = real.shape[0]
         z = torch.randn(b, gan.G.latent_dim, 1, 1, device=device, generator=noise_gen)
         st = dcgan_step(gan.G, gan.D, gan.opt_G, gan.opt_D, real, z, scaler=gan.scaler, autocast=autocast)
-        if gan.G_ema is not None:
-            update_ema(gan.G_ema, gan.G, gan.ema_decay)
+        gan.update_average()
         with torch.no_grad():
             acc += torch.stack([st.loss_d.float() * b, st.loss_g.float() * b, st.d_x.sum(), st.d_g_z.sum()])
         n_seen += b
