@@ -35,10 +35,10 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.config import ScoreSettings  # noqa: E402
-from glio_kit.mapping import (Encoder, anomaly_score, fit_scaling, frozen, initial_latents,  # noqa: E402
+from glio_kit.run.config import ScoreSettings  # noqa: E402
+from glio_kit.detect.mapping import (Encoder, anomaly_score, fit_scaling, frozen, initial_latents,  # noqa: E402
                               map_iterative, map_slices, mapping_loss)
-from glio_kit.model import Discriminator, Generator, weights_init  # noqa: E402
+from glio_kit.gan.model import Discriminator, Generator, weights_init  # noqa: E402
 
 
 def blobs(n: int, hw, seed: int = 0) -> torch.Tensor:
@@ -112,7 +112,7 @@ def auc(labels, scores) -> float:
 
 def subject_auc(run, cache, settings: ScoreSettings, G, D, E, mapping, steps, progress=True):
     """Subject-level AUC of one mapping on the run's test subjects (scaling fitted on val)."""
-    from glio_kit.scoring import _score_rows, reduce_subjects
+    from glio_kit.detect.scoring import _score_rows, reduce_subjects
 
     rows = _score_rows(cache)
     idx = cache.index.iloc[rows].reset_index(drop=True)
@@ -142,8 +142,8 @@ def subject_auc(run, cache, settings: ScoreSettings, G, D, E, mapping, steps, pr
 
 def encoder_for(run, cache, settings: ScoreSettings, G, D):
     """The run's encoder if it has one, else one trained into a temporary copy of its records."""
-    from glio_kit.mapping import load_encoder, train_encoder
-    from glio_kit.runtime import RunDir
+    from glio_kit.detect.mapping import load_encoder, train_encoder
+    from glio_kit.run.runtime import RunDir
 
     if run.is_done("encoder") and (run / "encoder" / "encoder.pt").exists():
         return load_encoder(run), "the run's"
@@ -182,11 +182,11 @@ def load_setup(args) -> Setup:
         x = blobs(args.slices, hw, seed=args.seed + 1)  # other blobs than the training ones
         return Setup(G, D, x, f"tiny DCGAN trained {time.perf_counter() - t0:.0f} s on random blobs, "
                               f"{len(x)} random slices")
-    from glio_kit.checkpoints import checkpoint_path, load_models
-    from glio_kit.config import get_config
-    from glio_kit.preprocess import SliceCache
-    from glio_kit.runtime import RunDir
-    from glio_kit.scoring import score_settings
+    from glio_kit.gan.checkpoints import checkpoint_path, load_models
+    from glio_kit.run.config import get_config
+    from glio_kit.data.preprocess import SliceCache
+    from glio_kit.run.runtime import RunDir
+    from glio_kit.detect.scoring import score_settings
 
     run = RunDir(args.run_dir, create=False)
     if not checkpoint_path(run).exists():

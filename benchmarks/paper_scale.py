@@ -4,9 +4,9 @@ wall time of the paper's protocol.
 At 448x364 with ngf = ndf = 64 (the ``paper`` profile's models), on random slices (speed does
 not depend on what the slices show):
 
-1. training: the kit's update (:func:`glio_kit.train.dcgan_step`) for a few steps after warm-up
+1. training: the kit's update (:func:`glio_kit.gan.train.dcgan_step`) for a few steps after warm-up
    at a given batch: images/s, FLOP per image (``torch.utils.flop_counter``), achieved FLOP/s;
-2. mapping: the kit's batched latent mapping (:func:`glio_kit.mapping.map_iterative`), the time
+2. mapping: the kit's batched latent mapping (:func:`glio_kit.detect.mapping.map_iterative`), the time
    of ``k`` extra steps (so the set-up is not counted): slice-steps/s, FLOP per slice-step,
    achieved FLOP/s; and per-slice mapping (batch 1) on the same slices for the ratio;
 3. a plain matmul's FLOP/s on the same device in the same run (float32; also bfloat16 on CUDA);
@@ -36,10 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.mapping import map_iterative, mapping_loss  # noqa: E402
-from glio_kit.model import build_models  # noqa: E402
-from glio_kit.runtime import choose_device  # noqa: E402
-from glio_kit.train import dcgan_step  # noqa: E402
+from glio_kit.detect.mapping import map_iterative, mapping_loss  # noqa: E402
+from glio_kit.gan.model import build_models  # noqa: E402
+from glio_kit.run.runtime import choose_device  # noqa: E402
+from glio_kit.gan.train import dcgan_step  # noqa: E402
 
 H, W, WIDTH, LATENT = 448, 364, 64, 100
 TRAIN_IMAGES = 300 * 24 * 150  # the paper's training: 300 subjects x 24 slices x 150 epochs

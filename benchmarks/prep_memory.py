@@ -21,9 +21,9 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys
-from glio_kit.config import get_config
-from glio_kit.preprocess import prepare
-from glio_kit.runtime import RunDir
+from glio_kit.run.config import get_config
+from glio_kit.data.preprocess import prepare
+from glio_kit.run.runtime import RunDir
 args = json.loads(sys.argv[1])
 cfg = get_config("demo", image_size=args["image_size"], n_slices=16)
 cache = prepare(RunDir(args["run"]), cfg, args["cohort"], progress=False)
@@ -33,7 +33,7 @@ print(json.dumps({"slices": len(cache),
 
 
 def manifest(folder: Path, out: Path, label: int, factor: int) -> str:
-    from glio_kit.cohort import discover
+    from glio_kit.data.cohort import discover
 
     subjects = discover(folder)
     with open(out, "w", newline="") as f:
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--voxel-size", type=float, default=1.0)
     p.add_argument("--image-size", type=int, default=64)
     args = p.parse_args()
-    from glio_kit.synth import make_cohort
+    from glio_kit.data.synth import make_cohort
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

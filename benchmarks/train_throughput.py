@@ -4,7 +4,7 @@ Same cached slices, same model, same batch size, same device and precision. The 
 is the whole ``train_dcgan`` call (step record, data placement, loss logging, progress
 accounting, a sample grid and a checkpoint every epoch); the bare side is PyTorch's DCGAN
 loop over plain tensors with nothing else. Both make the same update,
-``glio_kit.train.dcgan_step``; with the demo profile's ``ema_decay`` the kit also updates the
+``glio_kit.gan.train.dcgan_step``; with the demo profile's ``ema_decay`` the kit also updates the
 moving average of G after each step (``--ema-decay 0`` leaves it out). Each side is warmed up
 with one epoch first, then timed for ``--epochs`` epochs, ``--repeats`` times alternating (the
 best of each is kept, which damps noise from other processes). The last line is the ratio of
@@ -36,11 +36,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.config import TrainSettings, get_config, image_hw  # noqa: E402
-from glio_kit.model import build_models  # noqa: E402
-from glio_kit.preprocess import SliceCache  # noqa: E402
-from glio_kit.runtime import RunDir, choose_device, seed_everything  # noqa: E402
-from glio_kit.train import dcgan_step, precision, train_dcgan  # noqa: E402
+from glio_kit.run.config import TrainSettings, get_config, image_hw  # noqa: E402
+from glio_kit.gan.model import build_models  # noqa: E402
+from glio_kit.data.preprocess import SliceCache  # noqa: E402
+from glio_kit.run.runtime import RunDir, choose_device, seed_everything  # noqa: E402
+from glio_kit.gan.train import dcgan_step, precision, train_dcgan  # noqa: E402
 
 
 def synthetic_cache(folder: Path, n: int, hw, seed: int = 0) -> SliceCache:

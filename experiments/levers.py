@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.runner import run_chain  # noqa: E402
+from glio_kit.run.runner import run_chain  # noqa: E402
 
 #: name -> (knobs set away from the demo profile, the lever whose trained run it may start from)
 LEVERS: dict[str, tuple[dict, str | None]] = {

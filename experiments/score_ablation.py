@@ -26,12 +26,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.baseline import area_detector  # noqa: E402
-from glio_kit.lesion_load import lesion_load_scores  # noqa: E402
-from glio_kit.metrics import pixel_threshold_from_healthy, subject_metrics, threshold_at_fpr  # noqa: E402
-from glio_kit.preprocess import SliceCache  # noqa: E402
-from glio_kit.residuals import eroded_brain  # noqa: E402
-from glio_kit.scoring import reduce_subjects  # noqa: E402
+from glio_kit.detect.baseline import area_detector  # noqa: E402
+from glio_kit.detect.lesion_load import lesion_load_scores  # noqa: E402
+from glio_kit.evaluate.metrics import pixel_threshold_from_healthy, subject_metrics, threshold_at_fpr  # noqa: E402
+from glio_kit.data.preprocess import SliceCache  # noqa: E402
+from glio_kit.detect.residuals import eroded_brain  # noqa: E402
+from glio_kit.detect.scoring import reduce_subjects  # noqa: E402
 
 ERODE = 1  # the erosion the demo's maps were made with (the score step's default)
 

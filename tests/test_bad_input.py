@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from glio_kit.cohort import discover, discover_brats, read_manifest
+from glio_kit.data.cohort import discover, discover_brats, read_manifest
 from glio_kit.errors import InputError
-from glio_kit.io import load_segmentation, load_volume
+from glio_kit.data.io import load_segmentation, load_volume
 
 SHAPE = (8, 9, 10)
 
@@ -239,7 +239,7 @@ def test_dangling_brats_segmentation_is_named(tmp_path):
 
 def test_unreadable_file_is_named_not_called_not_nifti(tmp_path, monkeypatch):
     """A permission error is reported as one, in discovery and in the loader."""
-    import glio_kit.io as gio
+    import glio_kit.data.io as gio
 
     good = save(tmp_path / "IXI001-Guys-0001-T2.nii.gz", image())
     locked = save(tmp_path / "IXI002-Guys-0002-T2.nii.gz", image())
@@ -300,7 +300,7 @@ def test_header_claiming_a_huge_volume(tmp_path):
 
 # -------------------------------------------------- volumes checked before the cache
 def _subject(tmp_path, data, name="IXI001-Test-0000-T2.nii.gz", label=0, seg=None):
-    from glio_kit.cohort import Subject
+    from glio_kit.data.cohort import Subject
 
     img = save(tmp_path / name, np.asarray(data, np.float32))
     mask = save(tmp_path / name.replace("T2", "seg"), seg.astype(np.uint8)) if seg is not None else None
@@ -322,8 +322,8 @@ def _brain(shape=(24, 28, 22), lesion=False, seed=1):
     ("few_slices", ["spans only", "n_slices=8", "slices would repeat"]),
 ])
 def test_volume_the_kit_cannot_use(tmp_path, case, keywords):
-    from glio_kit.config import get_config
-    from glio_kit.preprocess import preprocess_volume
+    from glio_kit.run.config import get_config
+    from glio_kit.data.preprocess import preprocess_volume
 
     t2, _ = _brain()
     rng = np.random.default_rng(0)
@@ -339,8 +339,8 @@ def test_volume_the_kit_cannot_use(tmp_path, case, keywords):
 
 
 def test_tumour_case_with_empty_segmentation(tmp_path):
-    from glio_kit.config import get_config
-    from glio_kit.preprocess import preprocess_volume
+    from glio_kit.run.config import get_config
+    from glio_kit.data.preprocess import preprocess_volume
 
     t2, seg = _brain(lesion=True)
     subj = _subject(tmp_path, t2, "BraTS_1-T2.nii.gz", label=1, seg=np.zeros_like(seg))
@@ -351,9 +351,9 @@ def test_tumour_case_with_empty_segmentation(tmp_path):
 def test_every_bad_volume_is_named_and_warnings_reach_the_cohort_summary(tmp_path):
     """build_cache reports all unusable volumes at once (no cache left behind); what the user may
     mean is kept: warnings in cache/warnings.csv and a column of the cohort summary."""
-    from glio_kit.config import get_config
+    from glio_kit.run.config import get_config
     from glio_kit.figures.data import cohort_summary
-    from glio_kit.preprocess import build_cache
+    from glio_kit.data.preprocess import build_cache
 
     settings = get_config("smoke").prep
     t2, seg = _brain(lesion=True)

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from glio_kit import batch as B
+from glio_kit.run import batch as B
 from glio_kit.errors import GlioKitError
-from glio_kit.runtime import RunDir
-from glio_kit.steps import by_notebook
+from glio_kit.run.runtime import RunDir
+from glio_kit.run.steps import by_notebook
 
 COMMON = {"profile", "run_dir", "seed", "device", "overwrite"}
 DECLARED = {
@@ -84,7 +84,7 @@ def test_grid_expansion_and_names():
 
 
 def test_examples_are_valid_grids():
-    from glio_kit.runtime import project_root
+    from glio_kit.run.runtime import project_root
 
     demo = B.load_grid(project_root() / "examples" / "grid.yaml")
     assert demo["profile"] == "demo" and len(B.plan_runs(demo)) == 6
@@ -242,7 +242,7 @@ def test_seed_copies_when_links_fail(tmp_path, monkeypatch):
 
 
 def test_synthetic_cohorts_prepared_once_per_seed(monkeypatch):
-    import glio_kit.preprocess as P
+    import glio_kit.data.preprocess as P
 
     made = []
     monkeypatch.setattr(P, "resolve_cohort", lambda s, *a, **k: made.append((s.profile, s.seed)))

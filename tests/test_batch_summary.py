@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 
-from glio_kit.batch_summary import SMOKE_NOTE, summarise, summary_markdown
+from glio_kit.run.batch_summary import SMOKE_NOTE, summarise, summary_markdown
 
 
 def _runs():

@@ -46,10 +46,11 @@ KERNEL = ("const w = window.jupyterapp.shell.currentWidget; return w && w.sessio
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """Steps 01-03 of a smoke run (what notebook 04 reads), by the calls their notebooks make."""
-    from glio_kit import preprocess, scoring
-    from glio_kit.config import get_config
-    from glio_kit.runtime import RunDir
-    from glio_kit.train import train_dcgan
+    from glio_kit.data import preprocess
+    from glio_kit.detect import scoring
+    from glio_kit.run.config import get_config
+    from glio_kit.run.runtime import RunDir
+    from glio_kit.gan.train import train_dcgan
 
     root = tmp_path_factory.mktemp("browser")
     with pytest.MonkeyPatch.context() as mp:
@@ -72,7 +73,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(smoke_run, tmp_path_factory):
     """JupyterLab serving a copy of notebook 04, its kernels reading the smoke run; yields its URL."""
-    from glio_kit.runner import notebooks_dir
+    from glio_kit.run.runner import notebooks_dir
 
     home = tmp_path_factory.mktemp("lab")
     (home / "root").mkdir()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from glio_kit.cli import main
+from glio_kit.run.cli import main
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """The glio-kit command as a new user meets it: the profile it picks, its help, copying the notebooks."""
 import pytest
 
-from glio_kit.cli import chosen_profile, main
+from glio_kit.run.cli import chosen_profile, main
 from glio_kit.errors import GlioKitError
-from glio_kit.runner import copy_notebooks, notebooks_dir
-from glio_kit.steps import STEPS
+from glio_kit.run.runner import copy_notebooks, notebooks_dir
+from glio_kit.run.steps import STEPS
 
 
 def test_profile_from_option_then_environment_then_demo(monkeypatch, capsys):
@@ -68,14 +68,14 @@ def test_glio_kit_notebooks_command(tmp_path, capsys):
 def test_batch_says_where_the_summary_went_and_when_nothing_ran(monkeypatch, tmp_path, capsys):
     import pandas as pd
 
-    import glio_kit.batch
+    import glio_kit.run.batch
 
     def finished_earlier(grid, workers=1, force=False):
         table = pd.DataFrame(dict(run=["a", "b"], status=["done earlier"] * 2))
         table.attrs["out"] = str(tmp_path / "batch")
         return table
 
-    monkeypatch.setattr(glio_kit.batch, "run_batch", finished_earlier)
+    monkeypatch.setattr(glio_kit.run.batch, "run_batch", finished_earlier)
     assert main(["batch", "grid.yaml"]) == 0
     out = capsys.readouterr().out
     assert f"summary: {tmp_path / 'batch'}/summary.md" in out
@@ -87,8 +87,8 @@ def test_kernels_get_the_data_folder_of_the_working_directory(monkeypatch):
     GLIO_KIT_DATA is pinned to the data folder as seen from where glio-kit runs, then unset again."""
     import os
 
-    from glio_kit.runner import _absolute_env
-    from glio_kit.runtime import default_data_dir
+    from glio_kit.run.runner import _absolute_env
+    from glio_kit.run.runtime import default_data_dir
 
     monkeypatch.delenv("GLIO_KIT_DATA", raising=False)
     with _absolute_env():
@@ -97,7 +97,7 @@ def test_kernels_get_the_data_folder_of_the_working_directory(monkeypatch):
 
 
 def test_no_half_made_run_folder_when_the_notebooks_are_missing(monkeypatch, tmp_path):
-    import glio_kit.runner as runner
+    import glio_kit.run.runner as runner
 
     def missing():
         raise GlioKitError("no notebooks found; the installation is incomplete")

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from glio_kit.config import SETTINGS, ScoreSettings, all_knobs, get_config, image_hw, profile_name
+from glio_kit.run.config import SETTINGS, ScoreSettings, all_knobs, get_config, image_hw, profile_name
 from glio_kit.errors import RunFolderError
-from glio_kit.runtime import RunDir
+from glio_kit.run.runtime import RunDir
 
 
 def test_profiles_and_overrides(monkeypatch):

@@ -1,7 +1,7 @@
-"""Training with DistributedDataParallel (glio_kit.ddp) on the CPU: gloo, 2 processes.
+"""Training with DistributedDataParallel (glio_kit.gan.ddp) on the CPU: gloo, 2 processes.
 
 Two processes with the global batch B end with the weights of one process with batch B
-(glio_kit.train.train_dcgan), up to float32 summation order: the gradients and BatchNorm
+(glio_kit.gan.train.train_dcgan), up to float32 summation order: the gradients and BatchNorm
 statistics are sums over the processes' shares instead of one sum over the batch. Adam divides
 each update by the root of the squared gradients' running mean, so these ~1e-7 relative
 differences do not shrink with the gradient (a tiny gradient still moves a weight by about lr).
@@ -28,12 +28,12 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from test_train import make_run
 
-from glio_kit import ddp as DDP
-from glio_kit.config import get_config
-from glio_kit.preprocess import SliceCache
-from glio_kit.runtime import RunDir
-from glio_kit.slice_batches import SliceBatches
-from glio_kit.train import train_dcgan
+from glio_kit.gan import ddp as DDP
+from glio_kit.run.config import get_config
+from glio_kit.data.preprocess import SliceCache
+from glio_kit.run.runtime import RunDir
+from glio_kit.gan.slice_batches import SliceBatches
+from glio_kit.gan.train import train_dcgan
 
 TOL = 1e-5
 WORLD = 2
@@ -150,7 +150,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(reference, tmp_path)
     # resumed with torchrun (the command a user types) for a third epoch: still the single-process weights
     env = dict(os.environ, GLIO_KIT_QUIET="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",
-           str(free_port()), "-m", "glio_kit.ddp", "--run-dir", str(run.path), "--profile", "smoke",
+           str(free_port()), "-m", "glio_kit.gan.ddp", "--run-dir", str(run.path), "--profile", "smoke",
            "--overwrite"] + [a for k, v in dict(KNOBS, epochs=3).items() for a in ("-p", f"{k}={v}")]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

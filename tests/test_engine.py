@@ -1,4 +1,4 @@
-"""Batch grids through the Dask engine (glio_kit.engine): its local cluster runs the same
+"""Batch grids through the Dask engine (glio_kit.run.engine): its local cluster runs the same
 scheduler and client calls as a SLURM cluster; an interrupted batch resumes; a run whose
 worker dies is reported and retried; the dashboard answers; the SLURM section makes a job script.
 
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from test_batch import DECLARED, FakeRunner, write_grid
 
-from glio_kit import batch as B
-from glio_kit.engine import Engine, check_cluster, jobqueue_cluster
+from glio_kit.run import batch as B
+from glio_kit.run.engine import Engine, check_cluster, jobqueue_cluster
 from glio_kit.errors import GlioKitError
 
 GRID = {"lam": [0, 0.5], "mapping": ["iterative", "encoder"]}
@@ -52,7 +52,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from test_batch import DECLARED
 from test_engine import fake_chain
-from glio_kit.batch import run_batch
+from glio_kit.run.batch import run_batch
 run_batch({grid!r}, workers=2, executor=fake_chain, declared=DECLARED, pool="dask")
 """
 
@@ -139,7 +139,7 @@ def test_cluster_section_is_checked(tmp_path):
 
 
 def test_slurm_example_makes_a_gpu_job_script():
-    from glio_kit.runtime import project_root
+    from glio_kit.run.runtime import project_root
 
     spec = B.load_grid(project_root() / "examples" / "grid_slurm.yaml")
     assert spec["profile"] == "paper" and len(B.plan_runs(spec)) == 6

@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from glio_kit import evaluation as E
-from glio_kit import metrics as M
-from glio_kit.baseline import intensity_baseline
-from glio_kit.config import EvaluateSettings, ScoreSettings
+from glio_kit.evaluate import evaluation as E
+from glio_kit.evaluate import metrics as M
+from glio_kit.detect.baseline import intensity_baseline
+from glio_kit.run.config import EvaluateSettings, ScoreSettings
 from glio_kit.errors import GlioKitError, RunFolderError
-from glio_kit.preprocess import SliceCache
-from glio_kit.residuals import residual_map
-from glio_kit.runtime import RunDir
+from glio_kit.data.preprocess import SliceCache
+from glio_kit.detect.residuals import residual_map
+from glio_kit.run.runtime import RunDir
 
 
 # ------------------------------------------------------------------ tiny cache helper
@@ -56,7 +56,7 @@ def write_tiny_cache(folder, n_val=4, n_test_healthy=4, n_test_tumor=4, n_train=
 
 
 def write_scored_run(path, flip=(), residual_kind="positive", median_filter=0, erode=1, **kw):
-    """A run folder with a cache and the score step's outputs (its contract, see glio_kit.scoring).
+    """A run folder with a cache and the score step's outputs (its contract, see glio_kit.detect.scoring).
 
     The reconstruction is the healthy image plus noise; the slice score is the mean positive
     residual; ``residual_{abs,pos}.npy`` are made with the given residual settings, which the
@@ -293,7 +293,7 @@ def test_site_shift_control():
 
 
 def test_notes_count_validation_subjects_in_words():
-    from glio_kit.evaluation import _notes
+    from glio_kit.evaluate.evaluation import _notes
 
     assert "on 1 healthy validation subject at" in " ".join(_notes({"n_val_healthy": 1, "fpr_target": 0.05}))
     assert "on 12 healthy validation subjects at" in " ".join(_notes({"n_val_healthy": 12}))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from glio_kit.steps import STEPS
+from glio_kit.run.steps import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not os.environ.get("GLIO_KIT_INSTALL_TEST"),
@@ -49,7 +49,8 @@ def test_wheel_in_a_fresh_venv_runs_the_smoke_chain_from_an_empty_folder(tmp_pat
     # as a new user's shell has it: none of this checkout's or this test's settings
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("GLIO_KIT_") and k not in ("PYTEST_CURRENT_TEST", "PYTHONPATH", "VIRTUAL_ENV")}
-    where = _run([py, "-c", "import glio_kit.runner as r; print(r.notebooks_dir())"], cwd=tmp_path, env=env)
+    where = _run([py, "-c", "import glio_kit.run.runner as r; print(r.notebooks_dir())"], cwd=tmp_path,
+                 env=env)
     assert where.strip().startswith(str(venv)), f"not the installed package: {where}"
 
     # the smoke chain from an empty folder, as a new user runs it

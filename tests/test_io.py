@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from glio_kit.cohort import Subject, discover, discover_brats, discover_ixi, read_manifest
-from glio_kit.io import Volume, lesion_mask, load_segmentation, load_volume
+from glio_kit.data.cohort import Subject, discover, discover_brats, discover_ixi, read_manifest
+from glio_kit.data.io import Volume, lesion_mask, load_segmentation, load_volume
 
 SHAPE = (8, 9, 10)
 # RAS, 2 x 2.5 x 3 mm voxels, shifted origin

@@ -1,7 +1,7 @@
 """Every knob reaches every step that reads it: one `glio-kit run --profile smoke` with every knob
 set away from its profile value, then each step's record and output are checked.
 
-A knob is written once (a field of its step's settings class in glio_kit.config); the notebooks'
+A knob is written once (a field of its step's settings class in glio_kit.run.config); the notebooks'
 parameters, the command line's -p and the step records derive from it. This test is what
 shows the derivation holds end to end, through papermill and the notebooks."""
 import json
@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glio_kit.cli import main
-from glio_kit.config import SETTINGS, get_config
-from glio_kit.steps import STEPS
+from glio_kit.run.cli import main
+from glio_kit.run.config import SETTINGS, get_config
+from glio_kit.run.steps import STEPS
 
 #: A value for every knob, different from the smoke profile's, that the smoke chain can run with.
 VALUES = dict(

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glio_kit.lesion_load import largest_component, lesion_load_scores
+from glio_kit.detect.lesion_load import largest_component, lesion_load_scores
 
 
 def ball(shape, centre, radius):

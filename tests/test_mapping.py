@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from glio_kit.config import ScoreSettings
-from glio_kit.mapping import (Encoder, MappingResult, ScoreScaling, anomaly_score, encode, fit_scaling,
+from glio_kit.run.config import ScoreSettings
+from glio_kit.detect.mapping import (Encoder, MappingResult, ScoreScaling, anomaly_score, encode, fit_scaling,
                               frozen, initial_latents, map_iterative, map_slices, mapping_loss)
-from glio_kit.model import Discriminator, Generator, weights_init
+from glio_kit.gan.model import Discriminator, Generator, weights_init
 
 LATENT = 16
 SIZE = (16, 16)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from glio_kit import metrics as M
-from glio_kit import paper as P
+from glio_kit.evaluate import metrics as M
+from glio_kit.evaluate import paper as P
 from glio_kit.errors import GlioKitError
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from glio_kit.model import Discriminator, Generator, build_models, model_summary, stack_geometry, weights_init
+from glio_kit.gan.model import (Discriminator, Generator, build_models, model_summary, stack_geometry,
+                                weights_init)
 
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 SIZES = [((32, 32), 16), ((64, 64), 16), ((128, 128), 8), ((448, 364), 4)]  # (H, W), width

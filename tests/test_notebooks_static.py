@@ -41,13 +41,13 @@ def test_parameters_cell_is_read_whole_by_papermill(nb):
 
 
 def test_parameters_cells_are_written_from_the_settings():
-    """Each notebook declares exactly its step's knobs (from glio_kit.config) and parameters."""
-    from glio_kit.notebook import sync_notebooks
-    from glio_kit.steps import STEPS
+    """Each notebook declares exactly its step's knobs (from glio_kit.run.config) and parameters."""
+    from glio_kit.run.notebook import sync_notebooks
+    from glio_kit.run.steps import STEPS
 
     assert sorted(nb.name for nb in NOTEBOOKS) == sorted(s.notebook for s in STEPS)
     stale = sync_notebooks(ROOT / "notebooks", check=True)
-    assert not stale, f"{stale}: parameters cell out of date; run python -m glio_kit.notebook"
+    assert not stale, f"{stale}: parameters cell out of date; run python -m glio_kit.run.notebook"
     for st in STEPS:
         tagged = next(c for c in _cells(ROOT / "notebooks" / st.notebook)
                       if "parameters" in c.get("metadata", {}).get("tags", []))

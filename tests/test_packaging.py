@@ -34,7 +34,7 @@ def test_ci_runs_the_readme_test_command():
 def test_cli_help_lists_commands(capsys):
     import pytest
 
-    from glio_kit.cli import main
+    from glio_kit.run.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

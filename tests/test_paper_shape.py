@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from glio_kit.cli import main
-from glio_kit.samples import GRID_NROW, GRID_PAD, N_SAMPLES
+from glio_kit.run.cli import main
+from glio_kit.gan.samples import GRID_NROW, GRID_PAD, N_SAMPLES
 
 pytestmark = pytest.mark.skipif(not os.environ.get("GLIO_KIT_PAPER_SHAPE"),
                                 reason="minutes on a CPU: run by `make test-paper-shape`")
@@ -84,7 +84,7 @@ def test_slice_cache_shapes_and_size_on_disk(paper_run):
 
 
 def test_models_and_maps_have_the_paper_shape(paper_run):
-    from glio_kit.checkpoints import load_models
+    from glio_kit.gan.checkpoints import load_models
 
     G, D = load_models(paper_run)[:2]
     with torch.no_grad():

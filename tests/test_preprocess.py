@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from glio_kit.config import get_config
+from glio_kit.run.config import get_config
 from glio_kit.errors import RunFolderError
-from glio_kit.preprocess import (SliceCache, axial_view, brain_mask, normalise, prepare, slab_indices,
+from glio_kit.data.preprocess import (SliceCache, axial_view, brain_mask, normalise, prepare, slab_indices,
                                  to_generator_range)
-from glio_kit.runtime import RunDir
+from glio_kit.run.runtime import RunDir
 from conftest import ellipsoid_brain
 
 
@@ -97,7 +97,7 @@ def test_prepare_reuses_and_refuses(tmp_path, tiny_cohort):
 
 
 def test_synthetic_cohort_folder_names_what_differs_from_the_profile(monkeypatch, tmp_path):
-    from glio_kit.preprocess import synthetic_root
+    from glio_kit.data.preprocess import synthetic_root
 
     monkeypatch.setenv("GLIO_KIT_DATA", str(tmp_path))
     assert synthetic_root(get_config("demo", seed=1).prep) == tmp_path / "synthetic-demo-seed1"

@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from glio_kit.cli import main
+from glio_kit.run.cli import main
 from glio_kit.errors import GlioKitError
-from glio_kit.report import REPORT, write_report
-from glio_kit.steps import STEPS
+from glio_kit.run.report import REPORT, write_report
+from glio_kit.run.steps import STEPS
 
 # a 1x1 PNG
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from glio_kit.residuals import binarise, eroded_brain, median_slices, residual_map
+from glio_kit.detect.residuals import binarise, eroded_brain, median_slices, residual_map
 
 
 def _square_brain(h=12, w=12, lo=2, hi=10):

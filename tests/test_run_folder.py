@@ -21,14 +21,14 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from glio_kit import runner
-from glio_kit.cli import main
-from glio_kit.config import get_config
+from glio_kit.run import runner
+from glio_kit.run.cli import main
+from glio_kit.run.config import get_config
 from glio_kit.errors import GlioKitError, RunFolderError
-from glio_kit.kernels import TrackedKernelManager
-from glio_kit.preprocess import cohort_folders
-from glio_kit.runtime import RunDir
-from glio_kit.steps import STEPS, by_notebook
+from glio_kit.run.kernels import TrackedKernelManager
+from glio_kit.data.preprocess import cohort_folders
+from glio_kit.run.runtime import RunDir
+from glio_kit.run.steps import STEPS, by_notebook
 
 NOTEBOOKS = [s.notebook for s in STEPS]
 PRODUCTS = {"prep": "cache/prep.json", "train": "train/checkpoints/last.pt",
@@ -242,7 +242,7 @@ time.sleep(120)
 DRIVER = """
 import sys
 import papermill as pm
-from glio_kit.kernels import TrackedKernelManager, stop_kernels_on_signals
+from glio_kit.run.kernels import TrackedKernelManager, stop_kernels_on_signals
 with stop_kernels_on_signals():
     pm.execute_notebook(sys.argv[1], sys.argv[2], kernel_name="python3", progress_bar=False,
                         kernel_manager_class=TrackedKernelManager)
@@ -304,7 +304,7 @@ def test_atomic_write_leaves_the_old_file_whole_on_failure(tmp_path):
 def test_damaged_checkpoint_is_named(tmp_path, damage):
     import torch
 
-    from glio_kit.checkpoints import checkpoint_path, load_models, resumable_checkpoint, save_checkpoint
+    from glio_kit.gan.checkpoints import checkpoint_path, load_models, resumable_checkpoint, save_checkpoint
 
     run = RunDir(tmp_path / "run")
     path = checkpoint_path(run)
@@ -322,7 +322,7 @@ def test_damaged_checkpoint_is_named(tmp_path, damage):
 
 
 def test_damaged_encoder_is_named(tmp_path):
-    from glio_kit.mapping import load_encoder
+    from glio_kit.detect.mapping import load_encoder
 
     run = RunDir(tmp_path / "run")
     (run / "encoder").mkdir()
@@ -332,7 +332,7 @@ def test_damaged_encoder_is_named(tmp_path):
 
 
 def test_damaged_loss_log_is_named_and_written_atomically(tmp_path):
-    from glio_kit.train import LOSSES, EpochStats, _log_epoch, read_losses
+    from glio_kit.gan.train import LOSSES, EpochStats, _log_epoch, read_losses
 
     run = RunDir(tmp_path / "run")
     (run / "train").mkdir()
@@ -347,8 +347,8 @@ def test_damaged_loss_log_is_named_and_written_atomically(tmp_path):
 
 @pytest.mark.parametrize("name", ["images.npy", "index.csv", "prep.json"])
 def test_damaged_slice_cache_is_named(tmp_path, tiny_cohort, name):
-    from glio_kit.cohort import discover
-    from glio_kit.preprocess import SliceCache, assign_splits, build_cache
+    from glio_kit.data.cohort import discover
+    from glio_kit.data.preprocess import SliceCache, assign_splits, build_cache
 
     settings = get_config("smoke").prep
     subjects = assign_splits(*(discover(tiny_cohort[k]) for k in ("train_healthy", "test_healthy",
@@ -362,7 +362,7 @@ def test_damaged_slice_cache_is_named(tmp_path, tiny_cohort, name):
 
 # ------------------------------------------------------ nothing of the user's deleted
 def test_synth_overwrite_removes_only_the_cohorts_own_files(tmp_path):
-    from glio_kit.synth import make_cohort
+    from glio_kit.data.synth import make_cohort
 
     small = dict(n_train_healthy=1, n_test_healthy=0, n_test_tumor=1, seed=0, voxel_size=8.0, progress=False,
                  workers=1)
@@ -386,7 +386,7 @@ def test_synth_overwrite_removes_only_the_cohorts_own_files(tmp_path):
 def test_batch_refuses_a_folder_of_the_users_and_reads_paths_from_the_grid_folder(tmp_path, monkeypatch):
     import yaml
 
-    from glio_kit.batch import load_grid, run_batch
+    from glio_kit.run.batch import load_grid, run_batch
 
     mine = tmp_path / "results"
     mine.mkdir()

@@ -14,14 +14,14 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from glio_kit.config import ScoreSettings, get_config  # noqa: E402
+from glio_kit.run.config import ScoreSettings, get_config  # noqa: E402
 from glio_kit.errors import RunFolderError  # noqa: E402
 from glio_kit.figures import scoring as F  # noqa: E402
-from glio_kit.mapping import load_encoder  # noqa: E402
-from glio_kit.preprocess import SliceCache  # noqa: E402
-from glio_kit.residuals import residual_map  # noqa: E402
-from glio_kit.runtime import RunDir  # noqa: E402
-from glio_kit import scoring as S  # noqa: E402
+from glio_kit.detect.mapping import load_encoder  # noqa: E402
+from glio_kit.data.preprocess import SliceCache  # noqa: E402
+from glio_kit.detect.residuals import residual_map  # noqa: E402
+from glio_kit.run.runtime import RunDir  # noqa: E402
+from glio_kit.detect import scoring as S  # noqa: E402
 
 SIZE = (16, 16)
 N_SLICES = 3
@@ -82,7 +82,7 @@ def score_for(**kw) -> ScoreSettings:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run folder with prep done (tiny cache) and a 1-epoch DCGAN."""
-    from glio_kit.train import train_dcgan
+    from glio_kit.gan.train import train_dcgan
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -154,7 +154,7 @@ def test_score_run_end_to_end(trained):
     assert (pos[~brain] == 0).all() and (ab[~brain] == 0).all()  # brain-masked
     assert (pos >= 0).all() and (ab >= pos - 1e-6).all()
     # recon is G(latents)
-    from glio_kit.checkpoints import load_models
+    from glio_kit.gan.checkpoints import load_models
 
     G, _, _ = load_models(run)
     with torch.no_grad():
@@ -245,8 +245,8 @@ def test_mapping_steps_figure_reproduces_the_scoring(trained, tmp_path):
     ks = [1, len(df) - 1]
     fig = F.plot_mapping_steps(run, cache, ks=ks)
     # the figure maps from the same starts: its last column is recon.npy's G(z)
-    from glio_kit.checkpoints import load_models
-    from glio_kit.mapping import initial_latents, map_slices
+    from glio_kit.gan.checkpoints import load_models
+    from glio_kit.detect.mapping import initial_latents, map_slices
 
     G, D, _ = load_models(run)
     z0 = initial_latents(len(df), G.latent_dim, 2, s.seed)[:, ks]
@@ -300,7 +300,7 @@ def test_encoder_mapping_trains_and_scores(trained, tmp_path):
     assert len(hist) == 1  # one forward pass, no search
     assert df["A"].between(0, 1, inclusive="neither").all()
     # z of every slice is E(x)
-    from glio_kit.mapping import encode
+    from glio_kit.detect.mapping import encode
 
     z = encode(E, np.asarray(cache.images[df["row"].to_numpy()]))
     assert np.allclose(z.numpy(), np.load(run / "score" / "latents.npy"), atol=1e-5)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from glio_kit.errors import RunFolderError
-from glio_kit.synth import load_templates, make_cohort, synth_subject
-from glio_kit.synth.cohort import _subject_plan
+from glio_kit.data.synth import load_templates, make_cohort, synth_subject
+from glio_kit.data.synth.cohort import _subject_plan
 
 V = 4.0  # mm; every test works on the coarse grid to stay fast
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from glio_kit import checkpoints as C
-from glio_kit import train as T
-from glio_kit.config import get_config
+from glio_kit.gan import checkpoints as C
+from glio_kit.gan import train as T
+from glio_kit.run.config import get_config
 from glio_kit.errors import RunFolderError
-from glio_kit.model import build_models
-from glio_kit.preprocess import SliceCache
-from glio_kit.runtime import RunDir
-from glio_kit.samples import fixed_samples, read_grid
-from glio_kit.slice_batches import SliceBatches
+from glio_kit.gan.model import build_models
+from glio_kit.data.preprocess import SliceCache
+from glio_kit.run.runtime import RunDir
+from glio_kit.gan.samples import fixed_samples, read_grid
+from glio_kit.gan.slice_batches import SliceBatches
 
 
 def write_tiny_cache(folder, n_subjects=6, n_slices=4, size=(16, 16), seed=0, splits=None):
@@ -399,7 +399,7 @@ def test_compare_learning_rates_trains_in_memory(tmp_path):
     import matplotlib.pyplot as plt
 
     from glio_kit.figures.training import plot_learning_rates
-    from glio_kit.lr_comparison import compare_learning_rates
+    from glio_kit.gan.lr_comparison import compare_learning_rates
 
     run, cache = make_run(tmp_path)
     files_before = sorted(p.name for p in (run.path).rglob("*"))

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glio_kit.config import get_config
+from glio_kit.run.config import get_config
 from glio_kit.figures import residuals as figures
-from glio_kit.preprocess import prepare
-from glio_kit.residuals import residual_map
-from glio_kit.runtime import RunDir
-from glio_kit import widgets
+from glio_kit.data.preprocess import prepare
+from glio_kit.detect.residuals import residual_map
+from glio_kit.run.runtime import RunDir
+from glio_kit.figures import widgets
 
 MAPS = dict(median_filter=0, erode=0)  # the residual maps' settings of the stand-in scoring
 
@@ -180,7 +180,7 @@ def test_executed_notebook_keeps_the_browser_as_its_snapshot(scored_run, tmp_pat
     """What glio-kit run stores: the picture and its text, no live widget and no widget state."""
     import json
 
-    from glio_kit.notebook import WIDGET_VIEW, freeze_widgets
+    from glio_kit.run.notebook import WIDGET_VIEW, freeze_widgets
 
     ui, _ = widgets.browser(widgets.ResidualViewer(scored_run))
     bundle = ui._repr_mimebundle_()

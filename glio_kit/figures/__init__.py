@@ -7,5 +7,5 @@
     metrics    notebook 05: ROC, confusion matrix (Table I), score distributions, pixel metrics
 
 Every function returns a matplotlib Figure; the notebook shows it and saves it as PNG in the
-run folder with :func:`glio_kit.notebook.show`. :mod:`.style` holds what they share.
+run folder with :func:`glio_kit.run.notebook.show`. :mod:`.style` holds what they share.
 """

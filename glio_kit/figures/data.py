@@ -1,7 +1,7 @@
 """Figures for the data-preparation step (notebook 01).
 
 Every function returns a matplotlib Figure; the notebook shows it and saves it as PNG in
-the run folder with :func:`glio_kit.notebook.show`.
+the run folder with :func:`glio_kit.run.notebook.show`.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..io import load_volume
-from ..preprocess import brain_mask, normalise
+from ..data.io import load_volume
+from ..data.preprocess import brain_mask, normalise
 from .style import show_slice
 
 

@@ -1,8 +1,8 @@
 """Figures for the metrics step (notebook 05): ROC, Table I, subject scores, pixel metrics.
 
-Every function draws from ``metrics.json`` (the dictionary :func:`glio_kit.evaluation.evaluate_run`
+Every function draws from ``metrics.json`` (the dictionary :func:`glio_kit.evaluate.evaluation.evaluate_run`
 returns) or from the score tables, and returns a matplotlib Figure; the notebook shows it and
-saves it with :func:`glio_kit.notebook.show`.
+saves it with :func:`glio_kit.run.notebook.show`.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from ..metrics import operating_point
-from ..paper import PAPER_OPERATING_POINT
-from ..scoring import load_subject_scores
+from ..evaluate.metrics import operating_point
+from ..evaluate.paper import PAPER_OPERATING_POINT
+from ..detect.scoring import load_subject_scores
 from .style import GROUP_COLOURS
 
 #: Colours of the three detectors of ``metrics.json``.
@@ -138,7 +138,7 @@ def plot_pixel_comparison(result: dict, ax=None):
 def metric_figures(run, result: dict | None = None) -> dict:
     """All figures of the metrics step as ``name -> Figure`` (the notebook shows and saves them).
 
-    run : the run folder (:class:`~glio_kit.runtime.RunDir` or path); result : its
+    run : the run folder (:class:`~glio_kit.run.runtime.RunDir` or path); result : its
     ``metrics.json`` (read from the folder when None).
     """
     run_path = Path(getattr(run, "path", run))
@@ -170,7 +170,7 @@ def plot_site_shift(run_path, shift: dict):
     """The site-shift control: slice anomaly scores A of the tumour subjects' lesion-free
     slices beside the healthy test slices. Overlapping histograms (AUC near 0.5) mean the
     detector reacts to the lesion, not to whatever else tells the two groups apart."""
-    from ..scoring import load_slice_scores
+    from ..detect.scoring import load_slice_scores
 
     sl = load_slice_scores(run_path)
     test = sl[sl["split"] == "test"]

@@ -1,7 +1,7 @@
 """Figures of the residual maps: the paper's Figures 4 and 5 and the residual browser's drawing
 (notebook 04), and the misclassified subjects (notebook 05).
 
-They draw what :class:`glio_kit.widgets.ResidualViewer` reads from the scoring step's saved
+They draw what :class:`glio_kit.figures.widgets.ResidualViewer` reads from the scoring step's saved
 maps (``score/residual_*.npy``); nothing here computes a residual. Images are in the generator's
 range [-1, 1] (:data:`~.style.GREY`), residuals in generator units from 0 (:data:`~.style.RESIDUAL`,
 its upper end set per figure), ground truth in :data:`~.style.LESION_COLOUR`, a thresholded
@@ -78,7 +78,7 @@ def figure_input_generated_difference(viewer, subject: str, n: int = 4, kind: st
     """The paper's Figures 4 and 5: rows input (A), generated (B), difference (C) for ``n``
     slices of one subject, with the ground-truth contour where there is one.
 
-    viewer : :class:`~glio_kit.widgets.ResidualViewer` of a scored run. kind : the residual
+    viewer : :class:`~glio_kit.figures.widgets.ResidualViewer` of a scored run. kind : the residual
     map shown (the paper's difference image is ``absolute``). The slices are spread through
     the subject's scored slab, centred on the slice with the most lesion for tumour subjects.
     """
@@ -108,7 +108,7 @@ def plot_misclassified(viewer, wrong: pd.DataFrame, n: int = 6, kind: str | None
     """For each misclassified test subject (up to ``n``): its most anomalous slice, G(z) and the
     residual, titled with the error type (and ``has_wmh`` where the cohort records it).
 
-    viewer : :class:`~glio_kit.widgets.ResidualViewer`. wrong : ``subject, error, score``
+    viewer : :class:`~glio_kit.figures.widgets.ResidualViewer`. wrong : ``subject, error, score``
     (optionally ``has_wmh``), one row per misclassified subject. kind : the residual map
     shown; ``None``: the ``residual_kind`` the run was scored with.
     """

@@ -2,8 +2,8 @@
 steps, slice and subject score distributions.
 
 Every figure reads what the scoring step saved (``score/``) and the settings it recorded
-(:func:`glio_kit.scoring.score_settings`), never defaults. Each returns a matplotlib Figure;
-the notebook shows it and saves it with :func:`glio_kit.notebook.show`.
+(:func:`glio_kit.detect.scoring.score_settings`), never defaults. Each returns a matplotlib Figure;
+the notebook shows it and saves it with :func:`glio_kit.run.notebook.show`.
 """
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..checkpoints import load_models
-from ..mapping import initial_latents, load_encoder, map_slices
-from ..runtime import choose_device
-from ..scoring import (GROUPS, load_mapping_history, load_residual_maps, load_slice_scores,
+from ..gan.checkpoints import load_models
+from ..detect.mapping import initial_latents, load_encoder, map_slices
+from ..run.runtime import choose_device
+from ..detect.scoring import (GROUPS, load_mapping_history, load_residual_maps, load_slice_scores,
                        load_subject_scores, score_settings)
 from .style import GREY, GROUP_COLOURS, RESIDUAL, bare, show_slice
 
-#: How each slice group of :data:`glio_kit.scoring.GROUPS` is drawn: (legend, colour).
+#: How each slice group of :data:`glio_kit.detect.scoring.GROUPS` is drawn: (legend, colour).
 GROUP_STYLE = {"val_healthy": ("healthy (val)", GROUP_COLOURS["validation"]),
                "test_healthy": ("healthy (test)", GROUP_COLOURS["healthy"]),
                "test_tumour": ("tumour (test)", GROUP_COLOURS["tumour"])}

@@ -1,7 +1,7 @@
 """Figures for the training step (notebook 02).
 
 Every function returns a matplotlib Figure; the notebook shows it and saves it as PNG in
-the run folder with :func:`glio_kit.notebook.show`.
+the run folder with :func:`glio_kit.run.notebook.show`.
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from ..checkpoints import load_models
+from ..gan.checkpoints import load_models
 from ..errors import RunFolderError
-from ..samples import SAMPLES, grid_meta, read_samples, sample_epochs
-from ..train import LOSSES, read_losses
+from ..gan.samples import SAMPLES, grid_meta, read_samples, sample_epochs
+from ..gan.train import LOSSES, read_losses
 from .style import GREY, bare
 
 __all__ = ["plot_figure3", "plot_losses", "plot_real_vs_generated", "plot_learning_rates"]
@@ -108,7 +108,7 @@ def plot_real_vs_generated(run, cache, n: int = 8, seed: int = 0):
 
 def plot_learning_rates(comparison):
     """Loss and D(x) / D(G(z)) curves per learning rate above a row of samples per learning
-    rate; ``comparison``: :func:`glio_kit.lr_comparison.compare_learning_rates`'s result."""
+    rate; ``comparison``: :func:`glio_kit.gan.lr_comparison.compare_learning_rates`'s result."""
     lrs = list(comparison.histories)
     n, h, w = next(iter(comparison.samples.values())).shape
     width = max(8.0, 1.3 * n)

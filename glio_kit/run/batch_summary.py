@@ -1,0 +1,142 @@
+"""The summary of a batch: ``summary.csv``, ``summary.md`` and ``summary.png`` in its folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import SMOKE_NOTE as CONFIG_SMOKE_NOTE
+
+from ..atomic import atomic_path, write_text
+
+
+def value_str(v) -> str:
+    """A grid value as text: lists joined with ``x`` (``64x64``), booleans in lower case."""
+    if isinstance(v, (list, tuple)):
+        return "x".join(value_str(x) for x in v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def error_line(err: BaseException) -> str:
+    """First informative line of an error (papermill's: ``ename: evalue``)."""
+    if getattr(err, "ename", None):
+        return (f"{err.ename}: "
+                f"{str(getattr(err, 'evalue', '')).splitlines()[0] if getattr(err, 'evalue', '') else ''}")
+    for line in str(err).splitlines():
+        if line.strip() and set(line.strip()) != {"-"}:
+            return f"{type(err).__name__}: {line.strip()}"
+    return type(err).__name__
+
+
+SUMMARY_METRICS = ("subject_auc", "accuracy", "precision", "recall", "pixel_dice")
+
+
+def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None) -> pd.DataFrame:
+    """Write ``summary.csv``, ``summary.md`` and ``summary.png`` in the batch folder ``out``."""
+    out = Path(out)
+    group_of = group_of or {}
+    grid_names = list(dict.fromkeys(k for r in runs for k in r["point"]))
+    rows = []
+    for r in runs:
+        st = status.get(r["name"], dict(status="not run", seconds=0.0, error=""))
+        row = dict(run=r["name"], **{k: value_str(r["point"].get(k, ""))
+                                     if isinstance(r["point"].get(k), (list, tuple))
+                                     else r["point"].get(k, "") for k in grid_names})
+        m = {}
+        mfile = out / r["name"] / "metrics.json"
+        if st["status"] in ("ok", "done earlier") and mfile.exists():
+            m = json.loads(mfile.read_text())
+        for k in SUMMARY_METRICS:
+            row[k] = m.get(k)
+        row["baseline_auc"] = (m.get("baseline") or {}).get("subject_auc")
+        ci = m.get("ci") or {}
+        for k in ("subject_auc", "accuracy"):
+            lo, hi = (ci.get(k) or [None, None])
+            row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
+        row["seconds"] = st.get("seconds", 0.0)
+        row["prefix_seconds"] = st.get("prefix_seconds", 0.0)
+        row["shared_prefix"] = group_of.get(r["name"], "")
+        row["status"] = st["status"]
+        row["error"] = st.get("error", "")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["out"] = str(out)
+    with atomic_path(out / "summary.csv") as tmp:  # each summary file: the old one or the whole new one
+        table.to_csv(tmp, index=False)
+    batch = out / "batch.json"
+    profile = json.loads(batch.read_text()).get("profile", "") if batch.exists() else ""
+    write_text(out / "summary.md", summary_markdown(table, grid_names, profile))
+    try:
+        fig = summary_figure(table)
+        with atomic_path(out / "summary.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    except Exception as err:  # noqa: BLE001 - the tables matter more than the picture
+        print(f"[batch] summary.png not written: {error_line(err)}")
+    return table
+
+
+#: Above a smoke batch's table: its equal, meaningless numbers are not a bug.
+SMOKE_NOTE = f"**Note:** {CONFIG_SMOKE_NOTE}"
+
+
+def summary_markdown(table: pd.DataFrame, grid_names: list[str], profile: str = "") -> str:
+    """The summary table: grid values as given (``lam`` 0.1, not 0.100), metrics to 3 decimals."""
+    def f(v):
+        return ("–" if v is None or (isinstance(v, float) and v != v)
+                else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+
+    def given(v):
+        return "–" if v is None or (isinstance(v, float) and v != v) else value_str(v)
+
+    cols = ["run", *grid_names, "subject AUC (95% CI)", "accuracy (95% CI)", "precision", "recall",
+            "pixel Dice", "baseline AUC", "seconds", "status"]
+    lines = [SMOKE_NOTE, ""] if profile == "smoke" else []
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        auc = f(r["subject_auc"]) + (f" ({f(r['subject_auc_lo'])}–{f(r['subject_auc_hi'])})"
+                                     if r["subject_auc_lo"] is not None
+                                     and r["subject_auc_lo"] == r["subject_auc_lo"] else "")
+        acc = f(r["accuracy"]) + (f" ({f(r['accuracy_lo'])}–{f(r['accuracy_hi'])})"
+                                  if r["accuracy_lo"] is not None
+                                  and r["accuracy_lo"] == r["accuracy_lo"] else "")
+        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        vals = [r["run"], *[given(r[g]) for g in grid_names], auc, acc, f(r["precision"]), f(r["recall"]),
+                f(r["pixel_dice"]), f(r["baseline_auc"]), f(float(r["seconds"])), status.replace("|", "/")]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_figure(table: pd.DataFrame):
+    """Bars of subject AUC and accuracy per run with 95% CI whiskers; failed runs marked."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(table)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * n + 3), 3.8), sharey=True)
+    x = np.arange(n)
+    for ax, key, title in ((axes[0], "subject_auc", "subject AUC"), (axes[1], "accuracy", "accuracy")):
+        vals = pd.to_numeric(table[key], errors="coerce").to_numpy(dtype=float)
+        lo = pd.to_numeric(table[f"{key}_lo"], errors="coerce").to_numpy(dtype=float)
+        hi = pd.to_numeric(table[f"{key}_hi"], errors="coerce").to_numpy(dtype=float)
+        err = np.vstack([np.where(np.isfinite(lo), vals - lo, 0), np.where(np.isfinite(hi), hi - vals, 0)])
+        err = np.where(np.isfinite(err), np.maximum(err, 0), 0)
+        ax.bar(x, np.nan_to_num(vals), yerr=err, capsize=3, color="C0")
+        if key == "subject_auc" and "baseline_auc" in table:
+            b = pd.to_numeric(table["baseline_auc"], errors="coerce").to_numpy(dtype=float)
+            ax.plot(x, b, "D", color="C1", label="intensity baseline")
+            ax.legend(fontsize=7, loc="lower right")
+        for i, s in enumerate(table["status"]):
+            if s not in ("ok", "done earlier"):
+                ax.text(i, 0.05, s, rotation=90, ha="center", va="bottom", color="C3", fontsize=8)
+        ax.axhline(0.5, color="grey", ls=":", lw=0.8)  # chance (AUC) / a coin on a balanced set
+        ax.set_xticks(x, table["run"], rotation=40, ha="right", fontsize=7)
+        ax.set(ylim=(0, 1.05), title=title)
+    fig.suptitle("Batch summary (test set; whiskers = 95% bootstrap CI)", fontsize=10)
+    fig.tight_layout()
+    return fig

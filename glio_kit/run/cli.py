@@ -1,0 +1,219 @@
+"""The glio-kit command (its --help shows HELP below).
+
+The profile of synth and run comes from --profile, else the environment variable
+GLIO_KIT_PROFILE, else demo; the command prints which it uses.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+from .. import __version__
+from .config import DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SMOKE_NOTE, get_config, profile_name
+from ..errors import GlioKitError
+
+HELP = """Teach and reproduce unsupervised glioma detection with a DCGAN (glio-kit).
+
+examples:
+  glio-kit run --profile smoke --run-dir runs/smoke   notebooks 01-05 in order (about a minute)
+  glio-kit run --profile demo --run-dir runs/demo     the demo (about 11 minutes on 2 CPU cores)
+  glio-kit report runs/demo                           one HTML page of a run (metrics, figures, settings)
+  glio-kit batch examples/grid_smoke.yaml             a grid of runs and a summary table
+  glio-kit notebooks my-notebooks                     copy the notebooks out, to open in JupyterLab
+  glio-kit synth data/my-cohort --seed 1              write a synthetic cohort
+
+The profile (smoke | demo | paper) comes from --profile, else $GLIO_KIT_PROFILE, else demo.
+GLIO_KIT_DATA sets where generated cohorts go (default: ./data, or data/ of a checkout).
+"""
+
+
+PROFILE_HELP = f"smoke | demo | paper (default: ${PROFILE_ENV}, else {DEFAULT_PROFILE})"
+
+
+def chosen_profile(given: str | None) -> str:
+    """``--profile``, else ``$GLIO_KIT_PROFILE``, else demo; prints which and where it came from."""
+    env = os.environ.get(PROFILE_ENV)
+    try:
+        name = profile_name(given)
+    except ValueError as err:
+        raise GlioKitError(f"{err} (from ${PROFILE_ENV}={env!r}; unset it or set it to one of "
+                           f"{sorted(PROFILES)})") from None
+    source = "--profile" if given else (f"${PROFILE_ENV}" if env else "the default; choose with --profile "
+                                        f"or ${PROFILE_ENV}")
+    print(f"[glio-kit] profile: {name} (from {source})", flush=True)
+    if name == "smoke":
+        print(f"[glio-kit] {SMOKE_NOTE}", flush=True)
+    return name
+
+
+def parse_assignments(items: list[str]) -> dict:
+    """``["lam=0.1", "image_size=[64,64]"]`` -> ``{"lam": 0.1, "image_size": [64, 64]}`` (YAML values)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise GlioKitError(f"-p expects name=value, got {item!r}")
+        name, value = item.split("=", 1)
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_synth(args) -> int:
+    from ..data.synth import make_cohort
+
+    # the profile's synth_* settings, with what the command line gives on top
+    given = dict(synth_train_healthy=args.n_train_healthy, synth_test_healthy=args.n_test_healthy,
+                 synth_test_tumor=args.n_test_tumor, synth_voxel_size=args.voxel_size,
+                 synth_wmh_fraction=args.wmh_fraction)
+    s = get_config(chosen_profile(args.profile), seed=args.seed, **given).prep
+    paths = make_cohort(args.out, n_train_healthy=s.synth_train_healthy, n_test_healthy=s.synth_test_healthy,
+                        n_test_tumor=s.synth_test_tumor, seed=s.seed, voxel_size=s.synth_voxel_size,
+                        wmh_fraction=s.synth_wmh_fraction, overwrite=args.overwrite)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .runner import run_chain
+
+    params = parse_assignments(args.param)
+    for key, val in (("train_healthy_dir", args.train_healthy), ("test_healthy_dir", args.test_healthy),
+                     ("test_tumor_dir", args.test_tumor)):
+        if val:
+            params[key] = val
+    report = run_chain(args.run_dir, chosen_profile(args.profile), params, notebooks=args.notebook,
+                       force=args.force)
+    for r in report:
+        print(f"{r['notebook']}: {r['status']} ({r['seconds']} s)")
+    from .runtime import RunDir
+
+    summary = RunDir(args.run_dir).path / "metrics.md"
+    if summary.exists():
+        print(summary.read_text())
+    from .report import write_report
+
+    print(f"[glio-kit] report (one page, opens offline): {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(f"{write_report(args.run_dir, args.out)}")
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    table = run_batch(args.grid, workers=args.workers, force=args.force)
+    counts = table["status"].value_counts().to_dict() if "status" in table else {}
+    where = table.attrs.get("out")
+    if where:
+        print(f"[batch] summary: {where}/summary.md (also summary.csv, summary.png)")
+    print(f"[batch] {len(table)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if len(table) and counts.get("done earlier", 0) == len(table):
+        print("[batch] every run was finished earlier; nothing ran (--force redoes them)")
+    failed = table[~table["status"].isin(["ok", "done earlier"])] if "status" in table else table.iloc[:0]
+    if len(failed):
+        print(f"glio-kit: {len(failed)} of {len(table)} runs did not finish; see the summary",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_notebooks(args) -> int:
+    from .runner import copy_notebooks
+
+    copied, kept = copy_notebooks(args.dest)
+    for path in copied:
+        print(f"copied {path}")
+    for path in kept:
+        print(f"kept {path} (already there; not overwritten)")
+    print(f"open them with: jupyter lab {args.dest}\n"
+          f"notebooks 02-05 read the run folder the ones before wrote: run 01 first, or point their "
+          f"run_dir parameter (or GLIO_KIT_RUN_DIR) at a folder made by glio-kit run")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glio-kit", description=HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"glio-kit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic T2 cohort (IXI and BraTS layouts)",
+                       description="Write a synthetic T2 cohort built from the MNI ICBM152 2009a templates: "
+                                   "healthy subjects in the IXI layout, tumour subjects in the BraTS layout.")
+    s.add_argument("out", help="output folder (must be new, empty, or an identical earlier cohort)")
+    s.add_argument("--profile", default=None, choices=sorted(PROFILES), help=PROFILE_HELP)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n-train-healthy", type=int)
+    s.add_argument("--n-test-healthy", type=int)
+    s.add_argument("--n-test-tumor", type=int)
+    s.add_argument("--voxel-size", type=float, help="mm (templates are 1 mm)")
+    s.add_argument("--wmh-fraction", type=float,
+                   help="share of healthy test subjects with white-matter hyperintensities")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic cohort in OUT")
+    s.set_defaults(func=cmd_synth)
+
+    r = sub.add_parser("run", help="execute the notebooks in order with papermill into a run folder",
+                       description="Execute notebooks 01.. in order with papermill into RUN_DIR/notebooks. "
+                                   "Without cohort folders the synthetic cohort of the profile is used. "
+                                   "Steps already done with the same parameters are skipped; if the run "
+                                   "folder holds steps done with other parameters, nothing runs and the "
+                                   "changed values are listed (use a new --run-dir, or --force STEP).")
+    r.add_argument("--profile", default=None, choices=sorted(PROFILES), help=PROFILE_HELP)
+    r.add_argument("--run-dir", required=True)
+    r.add_argument("--train-healthy", help="folder of healthy training T2 volumes (IXI layout or manifest)")
+    r.add_argument("--test-healthy", help="folder of healthy test volumes")
+    r.add_argument("--test-tumor", help="folder of tumour test cases (BraTS layout or manifest)")
+    r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="notebook parameter, e.g. -p epochs=5 -p lam=0.1 (repeatable)")
+    r.add_argument("--notebook", action="append", help="run only this notebook file (repeatable)")
+    r.add_argument("--force", nargs="?", const=True, default=False, metavar="STEP",
+                   help="redo a step (prep, train, score, residuals, metrics; default: the first one run) "
+                        "and every step after it, replacing what this run folder holds")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("batch", help="a grid of runs from a YAML file, with a summary table",
+                       description="Run every point of a parameter grid (a YAML file: profile, out, base, "
+                                   "grid; see examples/grid.yaml and examples/grid_smoke.yaml). Runs that "
+                                   "differ only in later steps share the data preparation and the trained "
+                                   "DCGAN; runs finished earlier are skipped. Writes OUT/summary.csv, "
+                                   "summary.md and summary.png and prints where.")
+    b.add_argument("grid", help="YAML file: profile, out, base parameters and a grid")
+    b.add_argument("--workers", type=int, default=1, help="runs at the same time (default: 1)")
+    b.add_argument("--force", action="store_true", help="redo runs that are finished")
+    b.set_defaults(func=cmd_batch)
+
+    rp = sub.add_parser("report", help="write one self-contained HTML page of a run (RUN_DIR/report.html)",
+                        description="Write RUN_DIR/report.html: the metrics table with confidence intervals, "
+                                    "every figure, each step's settings, timings, versions and device, in "
+                                    "one file that opens offline (glio-kit run writes it as its last step).")
+    rp.add_argument("run_dir", help="a run folder written by glio-kit run")
+    rp.add_argument("--out", help="write the page here instead of RUN_DIR/report.html")
+    rp.set_defaults(func=cmd_report)
+
+    n = sub.add_parser("notebooks", help="copy the notebooks 01-05 into a folder, to open in JupyterLab",
+                       description="Copy the chain's notebooks (stored without outputs) into DEST. "
+                                   "A notebook already in DEST is kept as it is, never overwritten.")
+    n.add_argument("dest", help="folder to copy into (created if needed)")
+    n.set_defaults(func=cmd_notebooks)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GlioKitError as err:
+        print(f"glio-kit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

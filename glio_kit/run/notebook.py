@@ -1,0 +1,152 @@
+"""The few lines every notebook starts with, kept here so no notebook repeats them.
+
+A notebook's ``parameters`` cell holds plain literals (papermill overwrites them). It is
+written from the step's settings class by :func:`parameters_source` (``python -m
+glio_kit.run.notebook`` rewrites the cells; a test checks they are in sync), so a knob is written
+once, in :mod:`glio_kit.run.config`. The next cell calls :func:`setup` with the notebook's globals
+and gets the step's settings and the run folder back.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .config import SMOKE_NOTE, get_config
+from .runtime import RunDir, default_run_dir, header, seed_everything
+from .steps import STEPS, step as get_step
+
+PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
+#: Versions and device of each notebook of a run (:func:`record_environment`).
+ENVIRONMENT = "environment.json"
+
+
+def _literal(v) -> str:
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+def parameters_source(step_name: str) -> str:
+    """The ``parameters`` cell of a step's notebook, written from its settings class."""
+    st = get_step(step_name)
+    lines = [PARAMETERS_HEADER]
+    width = max(len(n) for n in st.parameter_names()) + 8
+    for name, (default, help_) in st.parameters.items():
+        if name == "overwrite":
+            continue  # last, after the knobs
+        lines.append(f"{f'{name} = {_literal(default)}':<{width}}  # {help_}")
+    for name in st.settings.knobs():
+        lines.append(f"{f'{name} = None':<{width}}  # {st.settings.help(name)}")
+    if "overwrite" in st.parameters:
+        default, help_ = st.parameters["overwrite"]
+        lines.append(f"{f'overwrite = {_literal(default)}':<{width}}  # {help_}")
+    return "\n".join(lines)
+
+
+def parameters_cell(nb: dict) -> dict:
+    """The cell tagged ``parameters`` of a notebook (as a dict read from JSON)."""
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"expected one cell tagged 'parameters', found {len(cells)}")
+    return cells[0]
+
+
+def sync_notebooks(folder=None, check: bool = False) -> list[str]:
+    """Rewrite (or with ``check`` only compare) every notebook's ``parameters`` cell.
+
+    Returns the notebook files that were (or would be) changed.
+    """
+    from .runner import notebooks_dir
+
+    folder = Path(folder) if folder else notebooks_dir()
+    changed = []
+    for st in STEPS:
+        path = folder / st.notebook
+        nb = json.loads(path.read_text())
+        cell = parameters_cell(nb)
+        want = parameters_source(st.name)
+        if "".join(cell["source"]) != want:
+            changed.append(st.notebook)
+            if not check:
+                cell["source"] = want.splitlines(keepends=True)
+                path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return changed
+
+
+def setup(step_name: str, namespace: dict):
+    """Resolve a notebook's parameters into ``(settings, run)`` and print the header line.
+
+    namespace : the notebook's globals (its parameter values); ``None`` means "the profile's
+        value". ``run_dir`` empty means ``$GLIO_KIT_RUN_DIR`` or ``runs/<profile>``.
+    Returns the step's settings (:mod:`glio_kit.run.config`) and the :class:`RunDir`.
+    """
+    st = get_step(step_name)
+    knobs = {k: namespace[k] for k in st.settings.knobs() if k in namespace}
+    settings = get_config(namespace.get("profile") or None, **knobs).step(step_name)
+    run_dir = (namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR")
+               or default_run_dir(settings.profile))
+    run = RunDir(run_dir)
+    record_environment(run, step_name, header(st.notebook, settings))
+    print(f"run folder: {run.path}")
+    if settings.profile == "smoke":
+        print(f"NOTE: {SMOKE_NOTE}")
+    seed_everything(settings.seed)
+    return settings, run
+
+
+def record_environment(run: RunDir, step_name: str, info: dict) -> None:
+    """Add this notebook's header (versions, device, profile, seed) and the time to
+    ``<run>/environment.json`` under ``step_name``; the run report (:mod:`glio_kit.run.report`) shows it."""
+    from datetime import datetime
+
+    from ..atomic import write_text
+
+    path = run / ENVIRONMENT
+    try:
+        env = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        env = {}  # a damaged file is only a record: start it again
+    env[step_name] = dict(info, started=datetime.now().isoformat(timespec="seconds"))
+    write_text(path, json.dumps(env, indent=2) + "\n")
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def freeze_widgets(path) -> int:
+    """Replace the live widgets of an executed notebook by what they saved of themselves.
+
+    A widget needs its kernel: stored with it, an exported HTML page asks a CDN for scripts
+    (nothing shows offline), JupyterLab without the kernel shows ``VBox(...)`` or "model not
+    found", and a tqdm bar stays frozen at "0%". So each widget output that carries a picture
+    (the residual browser's PNG snapshot) keeps only the picture and its text, the others keep
+    their text, and the notebook's saved widget state is dropped. Running the cell again in
+    JupyterLab brings the live widget back. Returns the number of outputs changed.
+    """
+    from ..atomic import write_text
+
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    changed = 0
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if WIDGET_VIEW in out.get("data", {}):
+                del out["data"][WIDGET_VIEW]
+                changed += 1
+    if changed or "widgets" in nb.get("metadata", {}):
+        nb.get("metadata", {}).pop("widgets", None)
+        write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return changed
+
+
+def show(fig, run: RunDir, name: str):
+    """Save ``fig`` as ``<run>/figures/<name>.png``; the notebook's inline backend shows it."""
+    path = run.save_figure(fig, name)
+    print(f"saved figures/{path.name}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    changed = sync_notebooks(check="--check" in sys.argv)
+    print("\n".join(changed) if changed else "every parameters cell is in sync")
+    sys.exit(1 if changed and "--check" in sys.argv else 0)

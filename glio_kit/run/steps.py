@@ -1,0 +1,92 @@
+"""The one table of the chain's steps: name, notebook, function, settings, what it reads and writes.
+
+The runner (``glio-kit run``), the batch (which steps a grid shares) and the tests use this
+table; nothing else lists the steps. Data flows one way::
+
+    cohort -> prep (slice cache) -> train (DCGAN) -> score (latents, residual maps, scores)
+           -> residuals (Figures 4/5, browser) -> metrics (metrics.json)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import (EvaluateSettings, PrepSettings, ScoreSettings, StepSettings, TrainSettings,
+                     ViewSettings)
+
+#: Notebook parameters of every step that are not knobs: ``name -> (default, help)``.
+COMMON_PARAMETERS = {
+    "profile": ("", "smoke | demo | paper; empty: $GLIO_KIT_PROFILE, else demo"),
+    "run_dir": ("", "empty: $GLIO_KIT_RUN_DIR, else runs/<profile>"),
+}
+OVERWRITE = {"overwrite": (False, "True: redo this step in a run folder that holds another")}
+COHORT_PARAMETERS = {
+    "train_healthy_dir": ("", "healthy training subjects (IXI layout or manifest); empty: synthetic cohort"),
+    "test_healthy_dir": ("", "healthy test subjects; empty: synthetic cohort"),
+    "test_tumor_dir": ("", "tumour test subjects (BraTS layout or manifest); empty: synthetic cohort"),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the chain.
+
+    name : the step record ``<run>/steps/<name>.json``.
+    notebook : the notebook that runs it (``notebooks/<notebook>``).
+    function : the library call the notebook makes (``module:function``).
+    settings : the step's settings class; its fields are the notebook's knobs.
+    reads : the steps whose outputs it reads (their records are part of its identity).
+    writes : what it writes into the run folder.
+    parameters : notebook parameters that are not knobs, ``name -> (default, help)``.
+    """
+
+    name: str
+    notebook: str
+    function: str
+    settings: type[StepSettings]
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    parameters: dict = field(default_factory=dict)
+
+    def parameter_names(self) -> tuple[str, ...]:
+        """Every name the notebook's ``parameters`` cell declares."""
+        return tuple(self.parameters) + self.settings.knobs()
+
+
+STEPS: tuple[Step, ...] = (
+    Step("prep", "01_data_prep.ipynb", "glio_kit.data.preprocess:prepare", PrepSettings, (),
+         ("cache/", "cohort_summary.csv"), {**COMMON_PARAMETERS, **COHORT_PARAMETERS, **OVERWRITE}),
+    Step("train", "02_train_dcgan.ipynb", "glio_kit.gan.train:train_dcgan", TrainSettings, ("prep",),
+         ("train/",), {**COMMON_PARAMETERS, **OVERWRITE}),
+    Step("score", "03_scoring.ipynb", "glio_kit.detect.scoring:score_run", ScoreSettings, ("prep", "train"),
+         ("score/", "subjects.csv"), {**COMMON_PARAMETERS, **OVERWRITE}),
+    Step("residuals", "04_residuals.ipynb", "glio_kit.figures.widgets:ResidualViewer", ViewSettings,
+         ("score",),
+         ("figures/04_*.png",), dict(COMMON_PARAMETERS)),
+    Step("metrics", "05_metrics.ipynb", "glio_kit.evaluate.evaluation:evaluate_run", EvaluateSettings,
+         ("score",),
+         ("metrics.json", "metrics.md", "baseline/"), {**COMMON_PARAMETERS, **OVERWRITE}),
+)
+
+#: The steps whose outputs runs of a batch share when their settings are equal.
+PREFIX_STEPS = ("prep", "train")
+
+
+def step(name: str) -> Step:
+    """The step called ``name`` (``prep``, ``train``, ``score``, ``residuals``, ``metrics``)."""
+    for s in STEPS:
+        if s.name == name:
+            return s
+    raise KeyError(f"no step {name!r}; steps: {[s.name for s in STEPS]}")
+
+
+def by_notebook(notebook: str) -> Step:
+    """The step a notebook file (``03_scoring.ipynb``) runs."""
+    for s in STEPS:
+        if s.notebook == notebook:
+            return s
+    raise KeyError(f"{notebook!r} is not a notebook of the chain; notebooks: {[s.notebook for s in STEPS]}")
+
+
+def all_parameters() -> set[str]:
+    """Every name any notebook declares (what ``-p`` and grid files accept, plus cohort folders)."""
+    return set().union(*[set(s.parameter_names()) for s in STEPS])
