@@ -3,8 +3,8 @@
 Every candidate is a variant of a detector of the table (glio_kit.detect.detectors) or one of
 the few tried here only, computed from what the score step saved (slice scores, the residual
 maps and the erosion its record names) and the slice cache; nothing is retrained or re-mapped,
-so the candidates differ only in how a subject's maps become one number. Every threshold comes from the healthy validation
-subjects (at most ``--fpr`` of them flagged); the test subjects choose nothing.
+so the candidates differ only in how a subject's maps become one number. Every threshold comes
+from the healthy validation subjects (at most ``--fpr`` of them flagged); the test subjects choose nothing.
 
 Run it on DEVELOPMENT cohorts (synthetic seeds other than the demo's 0) to choose the kit's
 recommended score, and only then look at the demo:
@@ -51,7 +51,8 @@ def bright_lesion_load(data: ScoredSlices, settings) -> SubjectScores:
 
 #: Candidates tried here only (not in the kit's table): promote one by moving it to DETECTORS.
 ABLATION_ONLY = (
-    Detector("bright_lesion_load", "lesion load of the residual where the input is bright", "beyond the paper",
+    Detector("bright_lesion_load", "lesion load of the residual where the input is bright",
+             "beyond the paper",
              "C5", "DCGAN, lesion load (bright input)", "kit: lesion load (bright input)",
              "largest 3-D component (voxels)", bright_lesion_load,
              variants=tuple((f"lesion load, bright input only (min {n})", dict(lesion_min_size=n))

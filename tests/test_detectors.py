@@ -106,10 +106,12 @@ def test_the_table_is_well_formed():
 
 
 def test_paper_score_reduces_the_slice_table_without_the_score_steps_one():
-    slices = pd.DataFrame(dict(subject=list("aabb"), label=[0, 0, 1, 1], split="test", A=[0.1, 0.3, 0.5, 0.9]))
+    slices = pd.DataFrame(dict(subject=list("aabb"), label=[0, 0, 1, 1], split="test",
+                               A=[0.1, 0.3, 0.5, 0.9]))
     score = type("Score", (), dict(subject_reduction="max", topk=3, residual_kind="positive", median_filter=0,
                                    erode=1))()
     out = D.paper_score(D.ScoredSlices(slices, None, None, score), S)
     assert out.subjects.set_index("subject").score.to_dict() == {"a": 0.3, "b": 0.9}
-    assert out.info == dict(method="dcgan", reduction="max", residual=dict(kind="positive", median=0, erode=1))
+    residual = dict(kind="positive", median=0, erode=1)
+    assert out.info == dict(method="dcgan", reduction="max", residual=residual)
     assert np.isclose(D.reduce_subjects(slices, "mean").score, [0.2, 0.7]).all()

@@ -250,8 +250,9 @@ def intensity_score(data: ScoredSlices, settings) -> SubjectScores:
     base = intensity_baseline(data.cache, data.slices["row"].to_numpy(), erode=data.score.erode,
                               median=BASELINE_MEDIAN, percentile=settings.pixel_percentile,
                               fpr=settings.fpr_target)
-    info = dict(method="intensity", description="normalised T2 intensity in the eroded brain; subject score "
-                "= mean over slices of the fraction of in-brain pixels above the healthy-validation percentile")
+    info = dict(method="intensity",
+                description="normalised T2 intensity in the eroded brain; subject score = mean over slices "
+                            "of the fraction of in-brain pixels above the healthy-validation percentile")
     return SubjectScores(base["subject_scores"], info, base["slice_scores"])
 
 
@@ -266,24 +267,29 @@ _AREA = "mean over slices of the share of in-brain pixels above the healthy-vali
 
 #: The table (in the order of the ``metrics.md`` columns and the figures' legends).
 DETECTORS: dict[str, Detector] = {d.name: d for d in (
-    Detector("paper", "mean of the slice anomaly scores A = (1-lambda) R + lambda D over the subject's slices "
-             "(max or top-k with subject_reduction)", "paper", "C0", "DCGAN, paper's score",
-             "kit: paper's score", "subject score (mean of slice scores A)", paper_score, pixel_map="residual",
+    Detector("paper", what="mean of the slice anomaly scores A = (1-lambda) R + lambda D over the subject's "
+                           "slices (max or top-k with subject_reduction)",
+             origin="paper", colour="C0", label="DCGAN, paper's score", column="kit: paper's score",
+             unit="subject score (mean of slice scores A)", subject_scores=paper_score, pixel_map="residual",
              variants=(("paper: mean of slice A", dict(subject_reduction="mean")),
                        ("max of slice A", dict(subject_reduction="max")),
                        ("top-3 slices of A", dict(subject_reduction="topk", topk=3)))),
-    Detector("residual_area", "the saved residual maps scored by the baseline's rule: " + _AREA,
-             "beyond the paper", "C2", "DCGAN, residual area", "kit: residual area",
-             "subject score (" + _AREA.split(" above")[0] + " above threshold)", residual_area_score,
-             pixel_map="residual", variants=(("residual area", {}),)),
-    Detector("lesion_load", "largest 3-D connected component of the above-threshold residual across the "
-             "subject's slices, in voxels", "beyond the paper", "C4", "DCGAN, lesion load", "kit: lesion load",
-             "largest 3-D component above the pixel threshold (voxels)", lesion_load_score,
-             pixel_map="residual", variants=tuple((f"lesion load (min {n} voxels)", dict(lesion_min_size=n)) for n in (1, 5, 20))),
-    Detector("baseline", "normalised T2 intensity ('bright on T2 = lesion') scored by the same rule: " + _AREA,
-             "baseline", "C1", "intensity baseline", "baseline",
-             "subject score (mean share of in-brain pixels above threshold)", intensity_score,
-             pixel_map="intensity", variants=(("intensity baseline", {}),)),
+    Detector("residual_area", what="the saved residual maps scored by the baseline's rule: " + _AREA,
+             origin="beyond the paper", colour="C2", label="DCGAN, residual area",
+             column="kit: residual area",
+             unit="subject score (mean share of in-brain pixels above threshold)",
+             subject_scores=residual_area_score, pixel_map="residual", variants=(("residual area", {}),)),
+    Detector("lesion_load", what="largest 3-D connected component of the above-threshold residual across the "
+                                 "subject's slices, in voxels",
+             origin="beyond the paper", colour="C4", label="DCGAN, lesion load", column="kit: lesion load",
+             unit="largest 3-D component above the pixel threshold (voxels)",
+             subject_scores=lesion_load_score, pixel_map="residual",
+             variants=tuple((f"lesion load (min {n} voxels)", dict(lesion_min_size=n)) for n in (1, 5, 20))),
+    Detector("baseline", what="normalised T2 intensity ('bright on T2 = lesion') scored by the same rule: "
+                              + _AREA,
+             origin="baseline", colour="C1", label="intensity baseline", column="baseline",
+             unit="subject score (mean share of in-brain pixels above threshold)",
+             subject_scores=intensity_score, pixel_map="intensity", variants=(("intensity baseline", {}),)),
 )}
 
 

@@ -276,8 +276,8 @@ def _add_pixel_metrics(blocks: dict, data: ScoredSlices, percentile: float) -> N
         blocks[name]["has_masks"] = has_masks
         if has_masks:
             pixel_map = D.PIXEL_MAPS[kind]
-            blocks[name].update(pixel_block(pixel_map(data, val), v_eb, pixel_map(data, tum), t_les, t_eb, tsub,
-                                            percentile))
+            blocks[name].update(pixel_block(pixel_map(data, val), v_eb, pixel_map(data, tum), t_les, t_eb,
+                                            tsub, percentile))
 
 
 def pixel_block(val_maps, val_brain, test_maps, test_lesion, test_brain, test_subjects,

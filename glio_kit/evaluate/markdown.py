@@ -36,8 +36,8 @@ def _g(v) -> str:
 def _columns(result: dict) -> list[tuple[D.Detector, str, dict]]:
     """(detector, header, block) per detector column, the recommended one marked."""
     rec = (result.get("recommended") or {}).get("name")
-    return [(det, det.column + (" = RECOMMENDED" if det.name == rec else "") + " (95% CI)", D.block(result, det))
-            for det in D.DETECTORS.values()]
+    return [(det, det.column + (" = RECOMMENDED" if det.name == rec else "") + " (95% CI)",
+             D.block(result, det)) for det in D.DETECTORS.values()]
 
 
 def _subject_rows(blocks: list[dict], paper: dict) -> list[str]:
@@ -79,7 +79,8 @@ def _pixel_rows(cols: list) -> list[str]:
             owners.setdefault(det.pixel_map, det.name)
     shared = ["(same maps)" if det.pixel_map and owners[det.pixel_map] != det.name else None
               for det, _, _ in cols]
-    return [f"| {label} | – | " + " | ".join(text or _fmt(b.get(key)) for (_, _, b), text in zip(cols, shared))
+    blocks = [b for _, _, b in cols]
+    return [f"| {label} | – | " + " | ".join(text or _fmt(b.get(key)) for b, text in zip(blocks, shared))
             + " |" for label, key in PIXEL_ROWS]
 
 

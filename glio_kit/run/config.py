@@ -237,8 +237,9 @@ class EvaluateSettings(StepSettings):
     n_bootstrap: int = knob(1000, "bootstrap resamples of the 95% confidence intervals")
     lesion_min_size: int = knob(5, "lesion load: components smaller than this many voxels count as none")
     # chosen on development cohorts (other synthetic seeds), never on the demo's test subjects
-    recommended_score: str = knob("lesion_load", "recommended subject score: paper | residual_area | lesion_load "
-                                                 "(or another detector of glio_kit.detect.detectors)")
+    # allowed: the table of detectors' (glio_kit.detect.detectors.recommendable), see check()
+    recommended_score: str = knob("lesion_load",
+                                  "recommended subject score: paper | residual_area | lesion_load")
 
     def check(self) -> None:
         # imported here, not at the top: the table of detectors imports pandas and scipy, which

@@ -74,7 +74,8 @@ def report_html(run: Path) -> str:
              "Turkish Neurosurgery 32(1):16&ndash;21, 2022. doi:10.5137/1019-5149.JTN.29217-20.2</p>"]
     if profile == "smoke":
         parts.append(f"<p class='note'><b>Note:</b> {_e(SMOKE_NOTE)}</p>")
-    parts += [_metrics(run), _detectors(run), _figures(run), _settings(records), _timings(run, records), _environment(env)]
+    parts += [_metrics(run), _detectors(run), _figures(run), _settings(records), _timings(run, records),
+              _environment(env)]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>glio-kit report: {_e(run.name)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
