@@ -135,7 +135,9 @@ class Detector:
     colour : str
         Its matplotlib colour in every figure.
     label : str
-        Its name in figure legends; ``column``: its ``metrics.md`` column header.
+        Its name in figure legends (and the batch summary's figure).
+    column : str
+        Its ``metrics.md`` column header.
     unit : str
         What its score counts (the x axis of its score distribution figure).
     subject_scores : callable

@@ -100,7 +100,7 @@ def evaluate_run(run, settings: EvaluateSettings, overwrite: bool = False) -> di
     (run / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (run / "metrics.md").write_text(metrics_markdown(result))
     run.mark_done("metrics", subject_auc=result["subject_auc"], accuracy=result["accuracy"],
-                  baseline_auc=D.block(result, "baseline").get("subject_auc"))
+                  **{f"{name}_auc": result[name].get("subject_auc") for name in blocks if name != top})
     return result
 
 
