@@ -17,10 +17,13 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+import mistune
+
 from .. import __version__
 from ..atomic import write_text
 from ..detect import detectors as D
 from ..errors import GlioKitError
+from ..progress import duration
 from .config import SMOKE_NOTE
 from .steps import STEPS
 
@@ -85,8 +88,6 @@ def _metrics(run: Path) -> str:
     md = run / "metrics.md"
     if not md.exists():
         return "<h2>Metrics</h2><p>No <code>metrics.md</code> yet: notebook 05 has not run.</p>"
-    import mistune
-
     return "<h2>Metrics (test set, 95% bootstrap CIs)</h2>\n" + mistune.html(md.read_text())
 
 
@@ -201,8 +202,6 @@ def _value(v) -> str:
 def _seconds(s) -> str:
     if s is None:
         return "–"
-    from ..progress import duration
-
     return duration(float(s))
 
 
