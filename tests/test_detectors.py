@@ -1,5 +1,7 @@
 """The table of subject scores: a detector added to it is evaluated, tabled, drawn and summarised."""
+import importlib.util
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,6 +15,8 @@ from glio_kit.run.batch_summary import summarise
 from glio_kit.run.config import EvaluateSettings
 from glio_kit.run.report import report_html
 from test_evaluation import S, write_scored_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def toy_score(data: D.ScoredSlices, settings) -> D.SubjectScores:
@@ -115,3 +119,25 @@ def test_paper_score_reduces_the_slice_table_without_the_score_steps_one():
     residual = dict(kind="positive", median=0, erode=1)
     assert out.info == dict(method="dcgan", reduction="max", residual=residual)
     assert np.isclose(D.reduce_subjects(slices, "mean").score, [0.2, 0.7]).all()
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("score_ablation", ROOT / "experiments" / "score_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_score_ablation_iterates_over_the_table_with_the_recorded_maps(tmp_path, toy):
+    """The ablation tries every detector's variants (the toy's too) on the maps and erosion the
+    score step recorded, so its rows agree with the evaluation's."""
+    run, _ = write_scored_run(tmp_path / "run", residual_kind="absolute", erode=2)
+    res = E.evaluate_run(run, S)
+    cands = _ablation().candidates(run.path, S.pixel_percentile, S.fpr_target)
+    assert {"paper: mean of slice A", "max of slice A", "top-3 slices of A", "residual area",
+            "lesion load (min 5 voxels)", "intensity baseline", "toy detector"} <= set(cands)
+    for label, name in (("residual area", "residual_area"), ("lesion load (min 5 voxels)", "lesion_load"),
+                        ("intensity baseline", "baseline"), ("toy detector", "toy")):
+        saved = E.load_detector_scores(run, name)
+        assert np.allclose(cands[label].set_index("subject").score, saved.set_index("subject").score), label
+    assert res["residual_area"]["description"].startswith("DCGAN absolute")
