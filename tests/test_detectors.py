@@ -136,8 +136,9 @@ def test_score_ablation_iterates_over_the_table_with_the_recorded_maps(tmp_path,
     cands = _ablation().candidates(run.path, S.pixel_percentile, S.fpr_target)
     assert {"paper: mean of slice A", "max of slice A", "top-3 slices of A", "residual area",
             "lesion load (min 5 voxels)", "intensity baseline", "toy detector"} <= set(cands)
-    for label, name in (("residual area", "residual_area"), ("lesion load (min 5 voxels)", "lesion_load"),
-                        ("intensity baseline", "baseline"), ("toy detector", "toy")):
+    same = (("residual area", "residual_area"), ("lesion load (min 5 voxels)", "lesion_load"),
+            ("intensity baseline", "baseline"), ("toy detector", "toy"))
+    for label, name in same:
         saved = E.load_detector_scores(run, name)
         assert np.allclose(cands[label].set_index("subject").score, saved.set_index("subject").score), label
     assert res["residual_area"]["description"].startswith("DCGAN absolute")
