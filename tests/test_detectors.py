@@ -122,7 +122,8 @@ def test_paper_score_reduces_the_slice_table_without_the_score_steps_one():
 
 
 def _ablation():
-    spec = importlib.util.spec_from_file_location("score_ablation", ROOT / "experiments" / "score_ablation.py")
+    path = ROOT / "experiments" / "score_ablation.py"
+    spec = importlib.util.spec_from_file_location("score_ablation", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
