@@ -1,9 +1,10 @@
 """Which subject score finds the lesion? An evaluation-only ablation on scored run folders.
 
-Every candidate is computed from what the score step saved (slice scores, positive residual
-maps) and the slice cache; nothing is retrained or re-mapped, so the candidates differ only in
-how a subject's maps become one number. Every threshold comes from the healthy validation
-subjects (at most ``--fpr`` of them flagged); the test subjects choose nothing.
+Every candidate is a variant of a detector of the table (glio_kit.detect.detectors) or one of
+the few tried here only, computed from what the score step saved (slice scores, the residual
+maps and the erosion its record names) and the slice cache; nothing is retrained or re-mapped,
+so the candidates differ only in how a subject's maps become one number. Every threshold comes
+from the healthy validation subjects (at most ``--fpr`` of them flagged); the test subjects choose nothing.
 
 Run it on DEVELOPMENT cohorts (synthetic seeds other than the demo's 0) to choose the kit's
 recommended score, and only then look at the demo:
@@ -18,6 +19,7 @@ validation threshold.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,14 +28,36 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glio_kit.detect.baseline import area_detector  # noqa: E402
+from glio_kit.detect import detectors as D  # noqa: E402
+from glio_kit.detect.detectors import Detector, ScoredSlices, SubjectScores  # noqa: E402
 from glio_kit.detect.lesion_load import lesion_load_scores  # noqa: E402
+from glio_kit.evaluate.evaluation import scored_slices  # noqa: E402
 from glio_kit.evaluate.metrics import pixel_threshold_from_healthy, subject_metrics, threshold_at_fpr  # noqa: E402
-from glio_kit.data.preprocess import SliceCache  # noqa: E402
-from glio_kit.detect.residuals import eroded_brain  # noqa: E402
-from glio_kit.detect.scoring import reduce_subjects  # noqa: E402
+from glio_kit.run.config import EvaluateSettings  # noqa: E402
+from glio_kit.run.runtime import RunDir  # noqa: E402
 
-ERODE = 1  # the erosion the demo's maps were made with (the score step's default)
+
+def bright_lesion_load(data: ScoredSlices, settings) -> SubjectScores:
+    """The hyperintensity prior: lesion load of the residual kept only where the input itself
+    is bright (above the 95th percentile of healthy validation brains)."""
+    val = data.healthy_val()
+    everything = np.arange(len(data.slices))
+    images, v_brain = data.images(everything), data.brain(val)
+    bright = np.percentile(images[val][v_brain > 0], 95)
+    prior = data.residual(everything) * (images > bright)
+    pix = pixel_threshold_from_healthy(prior[val], v_brain, settings.pixel_percentile)
+    return SubjectScores(lesion_load_scores(prior, data.slices, pix, settings.lesion_min_size))
+
+
+#: Candidates tried here only (not in the kit's table): promote one by moving it to DETECTORS.
+ABLATION_ONLY = (
+    Detector("bright_lesion_load", "lesion load of the residual where the input is bright",
+             "beyond the paper",
+             "C5", "DCGAN, lesion load (bright input)", "kit: lesion load (bright input)",
+             "largest 3-D component (voxels)", bright_lesion_load,
+             variants=tuple((f"lesion load, bright input only (min {n})", dict(lesion_min_size=n))
+                            for n in (1, 5, 20))),
+)
 
 
 def detection(subj: pd.DataFrame, fpr: float) -> dict:
@@ -47,34 +71,20 @@ def detection(subj: pd.DataFrame, fpr: float) -> dict:
 
 
 def candidates(run: Path, percentile: float, fpr: float) -> dict[str, pd.DataFrame]:
-    """Subject scores (``subject, label, split, score``) of every candidate for one run."""
-    slices = pd.read_csv(run / "score" / "slice_scores.csv", dtype={"subject": str})
-    cache = SliceCache(run / "cache")
-    maps = np.load(run / "score" / "residual_pos.npy", mmap_mode="r")
-    rows, ks = slices.row.to_numpy(), slices.k.to_numpy()
-    out = {"paper: mean of slice A": reduce_subjects(slices, "mean"),
-           "max of slice A": reduce_subjects(slices, "max"),
-           "top-3 slices of A": reduce_subjects(slices, "topk", 3)}
-
-    def pos_maps(sel):
-        return np.asarray(maps[ks[sel]]), eroded_brain(np.asarray(cache.brain[rows[sel]]), ERODE)
-
-    out["residual area"] = area_detector(pos_maps, slices, percentile, fpr)["subject_scores"]
-    val = ((slices.split == "val") & (slices.label == 0)).to_numpy()
-    v_maps, v_brain = pos_maps(np.flatnonzero(val))
-    pix = pixel_threshold_from_healthy(v_maps, v_brain, percentile)
-    ordered = np.asarray(maps[ks])  # rows of `slices`
-    for min_size in (1, 5, 20):
-        out[f"lesion load (min {min_size} voxels)"] = lesion_load_scores(ordered, slices, pix, min_size)
-    # the hyperintensity prior: keep the residual only where the input itself is bright
-    images = np.asarray(cache.images[rows])
-    bright = np.percentile(images[val][v_brain > 0], 95)
-    prior = ordered * (images > bright)
-    v_prior = prior[val]
-    pix_prior = pixel_threshold_from_healthy(v_prior, v_brain, percentile)
-    for min_size in (1, 5, 20):
-        name = f"lesion load, bright input only (min {min_size})"
-        out[name] = lesion_load_scores(prior, slices, pix_prior, min_size)
+    """Subject scores (``subject, label, split, score``) of every variant of every detector of
+    the table (and :data:`ABLATION_ONLY`) for one run, from what its score step saved (the
+    recorded residual maps and erosion)."""
+    # every reduction from the slice table here (the score step saved only its own)
+    data = dataclasses.replace(scored_slices(RunDir(run)), subjects=None)
+    settings = EvaluateSettings(pixel_percentile=percentile, fpr_target=fpr)
+    score_knobs = {f.name for f in dataclasses.fields(data.score)}
+    out = {}
+    for det in (*D.DETECTORS.values(), *ABLATION_ONLY):
+        for label, overrides in det.variants or ((det.label, {}),):
+            on_score = {k: v for k, v in overrides.items() if k in score_knobs}
+            variant = dataclasses.replace(data, score=data.score.replace(**on_score)) if on_score else data
+            knobs = settings.replace(**{k: v for k, v in overrides.items() if k not in score_knobs})
+            out[label] = det.subject_scores(variant, knobs).subjects
     return out
 
 

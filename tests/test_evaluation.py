@@ -152,7 +152,11 @@ def test_evaluate_run_end_to_end(tmp_path):
     # the residual-area detector: calibrated on validation, scored on the same subjects
     area = res["residual_area"]
     assert area["n_test_healthy"] == 4 and area["n_test_tumor"] == 4 and 0 <= area["subject_auc"] <= 1
-    assert (run / "score" / "subject_scores_residual_area.csv").exists()
+    # step 05 writes its own folder, never into the score step's
+    assert (run / "detectors" / "residual_area_slice_scores.csv").exists()
+    assert sorted(p.name for p in (run / "score").iterdir()) == ["recon.npy", "residual_abs.npy",
+                                                                 "residual_pos.npy", "slice_scores.csv",
+                                                                 "subject_scores.csv"]
     rec = RunDir(run.path).record("metrics")
     assert rec["status"] == "done" and rec["settings"]["fpr_target"] == S.fpr_target
     # done: a second call reads it back; other settings need overwrite
@@ -227,7 +231,7 @@ def test_evaluation_uses_the_recorded_residual_kind_and_erosion(tmp_path):
     assert res["residual"] == dict(kind="absolute", median=3, erode=2)
     assert res["residual_area"]["description"].startswith("DCGAN absolute residual")
     assert "|x - G(z)|" in (run / "metrics.md").read_text()
-    base = pd.read_csv(run / "baseline" / "slice_scores.csv")
+    base = pd.read_csv(run / "detectors" / "baseline_slice_scores.csv")
     assert len(base) == len(pd.read_csv(run / "score" / "slice_scores.csv"))
 
 
@@ -248,22 +252,24 @@ def test_metrics_needs_score_step(tmp_path):
         E.evaluate_run(RunDir(tmp_path / "r"), S)
 
 
-def test_lesion_load_recommended_score_and_subjects_csv(tmp_path):
+def test_lesion_load_recommended_score_and_detector_scores(tmp_path):
     run, cache = write_scored_run(tmp_path / "run")
     res = E.evaluate_run(run, S)
     load = res["lesion_load"]
     assert load["n_test_tumor"] == 4 and load["min_size"] == S.lesion_min_size
-    saved = pd.read_csv(run / "score" / "subject_scores_lesion_load.csv", dtype={"subject": str})
+    saved = E.load_detector_scores(run, "lesion_load")
     test = saved[saved.split == "test"]
     # the tumour subjects' blobs are found as objects; the healthy ones have none
     assert (test[test.label == 1].score > 0).all() and load["subject_auc"] == 1.0
     assert res["recommended"]["name"] == "lesion_load"
     assert res["recommended"]["subject_auc"] == load["subject_auc"]
     assert res["recommended"]["threshold"] == load["threshold"]
-    # subjects.csv: the paper's score first, then one column per other subject score
-    subjects = pd.read_csv(run / "subjects.csv", dtype={"subject": str})
-    assert list(subjects.columns) == ["subject", "label", "score", "residual_area", "lesion_load"]
-    assert np.allclose(subjects.set_index("subject").lesion_load, test.set_index("subject").score)
+    # detectors/subject_scores.csv: one column per detector of the table; subjects.csv stays the score step's
+    table = pd.read_csv(run / "detectors" / "subject_scores.csv", dtype={"subject": str})
+    assert list(table.columns) == ["subject", "label", "split", "paper", "residual_area", "lesion_load",
+                                   "baseline"]
+    assert np.allclose(table.set_index("subject").lesion_load, saved.set_index("subject").score)
+    assert list(pd.read_csv(run / "subjects.csv").columns) == ["subject", "label", "score"]
     # choosing another recommended score changes which block is repeated
     run2, _ = write_scored_run(tmp_path / "run2")
     res2 = E.evaluate_run(run2, S.replace(recommended_score="paper"))
@@ -293,7 +299,7 @@ def test_site_shift_control():
 
 
 def test_notes_count_validation_subjects_in_words():
-    from glio_kit.evaluate.evaluation import _notes
+    from glio_kit.evaluate.markdown import _notes
 
     assert "on 1 healthy validation subject at" in " ".join(_notes({"n_val_healthy": 1, "fpr_target": 0.05}))
     assert "on 12 healthy validation subjects at" in " ".join(_notes({"n_val_healthy": 12}))

@@ -7,8 +7,8 @@ from the healthy validation subjects (:func:`~glio_kit.evaluate.metrics.threshol
 
 * :func:`intensity_baseline` applies it to the normalised T2 intensity itself ("bright on
   T2 = lesion", :func:`intensity_map`): a simple, honest baseline a model has to beat.
-* The evaluation step (:mod:`glio_kit.evaluate.evaluation`) applies it to the DCGAN's saved residual
-  maps: the *residual-area* detector, beyond the paper.
+* The table of detectors (:mod:`glio_kit.detect.detectors`) applies it to the DCGAN's saved
+  residual maps too: the *residual-area* detector, beyond the paper.
 """
 from __future__ import annotations
 

@@ -39,8 +39,9 @@ import numpy as np
 import pandas as pd
 
 from ..gan.checkpoints import load_models
-from ..run.config import REDUCTIONS, RESIDUAL_KINDS, ScoreSettings
+from ..run.config import RESIDUAL_KINDS, ScoreSettings
 from ..errors import RunFolderError
+from .detectors import reduce_subjects
 from .mapping import ScoreScaling, anomaly_score, fit_scaling, initial_latents, map_slices, train_encoder
 from .residuals import residual_map
 from ..run.runtime import choose_device, quiet
@@ -130,28 +131,6 @@ def score_settings(run) -> ScoreSettings:
 
 
 # ------------------------------------------------------------------------ subjects
-def reduce_subjects(slices: pd.DataFrame, how: str = "mean", topk: int = 3,
-                    column: str = "A") -> pd.DataFrame:
-    """One score per subject from its slices' ``column``.
-
-    how : ``mean`` (the paper: the average anomaly score of the subject's slices), ``max``,
-        or ``topk`` (mean of the ``topk`` largest; all slices when a subject has fewer).
-    Returns ``subject, label, split, score`` in the order subjects first appear.
-    """
-    if how not in REDUCTIONS:
-        raise ValueError(f"subject_reduction must be one of {REDUCTIONS}, got {how!r}")
-    g = slices.groupby("subject", sort=False)
-    if how == "mean":
-        score = g[column].mean()
-    elif how == "max":
-        score = g[column].max()
-    else:
-        k = max(1, int(topk))
-        score = g[column].apply(lambda s: float(np.sort(s.to_numpy())[::-1][:k].mean()))
-    out = pd.DataFrame(dict(label=g["label"].first(), split=g["split"].first(), score=score)).reset_index()
-    return out[["subject", "label", "split", "score"]]
-
-
 def _score_rows(cache) -> np.ndarray:
     """Cache rows that are scored, in ``k`` order: validation slices, then test slices."""
     if len(cache.rows(split="val", label=0)) == 0:

@@ -5,16 +5,12 @@
 with the settings in its step record; see :mod:`glio_kit.detect.scoring`). It recomputes no
 residual map: the maps it evaluates are the ones notebooks 03 and 04 made and showed.
 
-Three detectors are scored on the same test subjects, each with its subject threshold from
-the healthy validation subjects (:func:`~glio_kit.evaluate.metrics.threshold_at_fpr`) and stratified
-bootstrap 95% CIs:
-
-* **dcgan**: the paper's subject score (mean of slice anomaly scores A);
-* **residual_area** (beyond the paper): the saved residual maps scored by the baseline's
-  rule (:func:`~glio_kit.detect.baseline.area_detector`);
-* **lesion_load** (beyond the paper): the largest 3-D connected component of the thresholded
-  residual across a subject's slices (:mod:`glio_kit.detect.lesion_load`);
-* **baseline**: the intensity baseline (:func:`~glio_kit.detect.baseline.intensity_baseline`).
+Every subject score of the table :data:`glio_kit.detect.detectors.DETECTORS` (the paper's mean
+of A, residual area, lesion load, the intensity baseline, ...) is scored on the same test
+subjects, each with its subject threshold from the healthy validation subjects
+(:func:`~glio_kit.evaluate.metrics.threshold_at_fpr`) and stratified bootstrap 95% CIs
+(:func:`detection_block`). The first detector's block is the top level of ``metrics.json``,
+every other one's the entry named after it.
 
 ``recommended`` repeats the block of the score ``recommended_score`` names (chosen on
 development cohorts, never on the demo's test subjects). ``site_shift`` is a control: the
@@ -22,8 +18,13 @@ AUC of tumour subjects' lesion-free slices against healthy test slices (0.5 = th
 does not tell the two groups apart where there is no lesion; far from 0.5 = it finds the
 scanner, the site or the group, not the tumour).
 
-When the test tumour slices have lesion masks, the residual maps and the baseline's map are
-also scored pixel by pixel (Dice, AUPRC, AUROC, and the test-tuned Dice upper bound).
+When the test tumour slices have lesion masks, the detectors' pixel maps (the residual maps,
+the baseline's intensity map) are also scored pixel by pixel (Dice, AUPRC, AUROC, and the
+test-tuned Dice upper bound).
+
+The step writes only its own outputs: ``metrics.json``, ``metrics.md`` and ``detectors/``
+(``subject_scores.csv``: one column per detector; ``<name>_slice_scores.csv`` where a detector
+has slice scores). It never writes into the score step's ``score/``.
 """
 from __future__ import annotations
 
@@ -34,78 +35,95 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..detect.baseline import area_detector, intensity_baseline, intensity_map
-from ..detect.lesion_load import lesion_load_scores
+from ..data.preprocess import SliceCache
+from ..detect import detectors as D
+from ..detect.detectors import ScoredSlices, residual_settings
+from ..detect.scoring import load_residual_maps, load_slice_scores, load_subject_scores, score_settings
+from ..errors import GlioKitError, RunFolderError
 from ..run.config import EvaluateSettings, ScoreSettings
-from ..errors import GlioKitError
+from ..run.runtime import RunDir
+from .markdown import metrics_markdown
 from .metrics import (METRIC_NAMES, best_dice_upper_bound, bootstrap_ci, pixel_metrics,
                       pixel_threshold_from_healthy, roc, subject_metrics, threshold_at_fpr)
-from .paper import PAPER, paper_block, paper_consistency
-from ..data.preprocess import SliceCache
-from ..detect.residuals import eroded_brain
-from ..run.runtime import RunDir
-from ..detect.scoring import load_residual_maps, load_slice_scores, load_subject_scores, score_settings
+from .paper import paper_block
 
-#: The intensity baseline's map is not median-filtered (the raw intensity is the point).
-BASELINE_MEDIAN = 0
-RESIDUAL_FORMULAS = {"positive": "max(x - G(z), 0)", "absolute": "|x - G(z)|"}
+__all__ = ["evaluate_run", "scored_slices", "detection_block", "load_detector_scores", "site_shift",
+           "pixel_block", "residual_settings", "metrics_markdown", "misclassified", "cohort_annotations",
+           "DETECTOR_DIR"]
+
+#: The step's folder of per-detector scores (``<run>/detectors``).
+DETECTOR_DIR = "detectors"
 
 
 # ------------------------------------------------------------------------ the step
 def evaluate_run(run, settings: EvaluateSettings, overwrite: bool = False) -> dict:
     """Step 05: every metric of a scored run -> ``metrics.json`` and ``metrics.md``.
 
-    run : :class:`~glio_kit.run.runtime.RunDir` (or its path) whose ``score`` step is done.
-    settings : ``fpr_target`` (subject thresholds), ``pixel_percentile`` (pixel thresholds),
-        ``n_bootstrap`` and ``seed`` (the CIs). The residual maps' ``residual_kind``,
-        ``median_filter`` and ``erode`` are the score step's (read from its record).
-    overwrite : redo the step when the run folder holds metrics made with other settings.
+    Parameters
+    ----------
+    run : RunDir or path
+        A run folder whose ``score`` step is done.
+    settings : EvaluateSettings
+        ``fpr_target`` (subject thresholds), ``pixel_percentile`` (pixel thresholds),
+        ``n_bootstrap`` and ``seed`` (the CIs), ``lesion_min_size``, ``recommended_score``.
+        The residual maps' ``residual_kind``, ``median_filter`` and ``erode`` are the score
+        step's (read from its record).
+    overwrite : bool
+        Redo the step when the run folder holds metrics made with other settings.
 
-    Also writes ``baseline/slice_scores.csv``, ``baseline/subject_scores.csv`` and
-    ``score/subject_scores_residual_area.csv``. Returns the dictionary written to
-    ``metrics.json`` (read back when this exact evaluation is already done).
+    Returns
+    -------
+    dict
+        What is written to ``metrics.json`` (read back when this exact evaluation is done).
+        Also writes ``metrics.md`` and ``detectors/``.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     if run.claim_step("metrics", settings, overwrite=overwrite) and (run / "metrics.json").exists():
         return json.loads((run / "metrics.json").read_text())
 
-    slices, subj = load_slice_scores(run), load_subject_scores(run)
-    score = score_settings(run)
-    maps = _residual_maps(run, len(slices))
-    cache = SliceCache(run / "cache")
+    data = scored_slices(run)
+    scores = {name: det.subject_scores(data, settings) for name, det in D.DETECTORS.items()}
+    blocks = {name: {**s.info, **detection_block(s.subjects, settings)} for name, s in scores.items()}
+    _write_detector_scores(run, scores)
+    _add_pixel_metrics(blocks, data, settings.pixel_percentile)
 
-    result = dict(method="dcgan", reduction=score.subject_reduction, residual=residual_settings(score))
-    result.update(detection_block(subj, settings))
-    baseline = _baseline(run, cache, slices, score.erode, settings)
-    residual_area = _residual_area(run, cache, slices, maps, score, settings)
-    lesion_load = _lesion_load(run, cache, slices, maps, score, settings)
-    detectors = dict(paper=result, residual_area=residual_area, lesion_load=lesion_load)
-    _write_subjects_csv(run, subj, residual_area["subject_scores"], lesion_load["subject_scores"])
-    has_masks = _test_tumours_have_masks(cache, slices)
-    result["has_masks"] = baseline["has_masks"] = has_masks
-    if has_masks:
-        dcgan_pixels, base_pixels = _pixel_level(cache, slices, maps, score.erode, settings.pixel_percentile)
-        result.update(dcgan_pixels)
-        baseline.update(base_pixels)
-    result.update(baseline=baseline, residual_area=residual_area, lesion_load=lesion_load,
-                  paper=paper_block(), params=_params(settings, score), site_shift=site_shift(slices, maps))
-    for block in (residual_area, lesion_load):
-        block.pop("subject_scores")
-    rec = detectors[settings.recommended_score]
-    result["recommended"] = dict(name=settings.recommended_score,
-                                 **{k: v for k, v in rec.items() if k not in ("baseline", "residual_area",
-                                                                               "lesion_load", "paper")})
+    top = D.top_level().name
+    result = blocks[top]
+    result.update({name: b for name, b in blocks.items() if name != top})
+    result.update(paper=paper_block(), params=_params(settings, data.score),
+                  site_shift=site_shift(data.slices, data.maps))
+    others = set(blocks) - {top} | {"paper"}
+    rec = blocks[settings.recommended_score]
+    result["recommended"] = dict(name=settings.recommended_score, **{k: v for k, v in rec.items()
+                                                                     if k not in others})
     result = _jsonable(result)
     (run / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (run / "metrics.md").write_text(metrics_markdown(result))
     run.mark_done("metrics", subject_auc=result["subject_auc"], accuracy=result["accuracy"],
-                  baseline_auc=baseline.get("subject_auc"))
+                  **{f"{name}_auc": result[name].get("subject_auc") for name in blocks if name != top})
     return result
 
 
-def residual_settings(score: ScoreSettings) -> dict:
-    """The ``residual`` entry of ``metrics.json``: how the score step made the maps."""
-    return dict(kind=score.residual_kind, median=int(score.median_filter), erode=int(score.erode))
+def scored_slices(run) -> ScoredSlices:
+    """What the score step saved, as the detectors read it (:class:`~glio_kit.detect.detectors.ScoredSlices`).
+
+    Parameters
+    ----------
+    run : RunDir
+        A run folder whose ``score`` step is done.
+
+    Returns
+    -------
+    ScoredSlices
+        The slice and subject tables, the recorded residual maps (memory-mapped, checked
+        against the slice table), the slice cache and the score step's settings.
+    """
+    slices, subjects = load_slice_scores(run), load_subject_scores(run)
+    maps = load_residual_maps(run)
+    if maps.shape[0] != len(slices):
+        raise GlioKitError(f"{run / 'score'}: {maps.shape[0]} residual maps for {len(slices)} scored slices; "
+                           f"rerun the scoring step (notebook 03) with overwrite=True")
+    return ScoredSlices(slices, maps, SliceCache(run / "cache"), score_settings(run), subjects)
 
 
 def _params(settings: EvaluateSettings, score: ScoreSettings) -> dict:
@@ -116,24 +134,63 @@ def _params(settings: EvaluateSettings, score: ScoreSettings) -> dict:
                 lesion_min_size=int(settings.lesion_min_size), recommended_score=settings.recommended_score)
 
 
-def _residual_maps(run, n_slices: int):
-    """The score step's residual maps (M, H, W), memory-mapped, checked against the slice table."""
-    maps = load_residual_maps(run)
-    if maps.shape[0] != n_slices:
-        raise GlioKitError(f"{run / 'score'}: {maps.shape[0]} residual maps for {n_slices} scored slices; "
-                           f"rerun the scoring step (notebook 03) with overwrite=True")
-    return maps
+def _write_detector_scores(run: RunDir, scores: dict) -> None:
+    """``detectors/subject_scores.csv`` (``subject, label, split`` and one column per detector,
+    validation and test subjects) and ``detectors/<name>_slice_scores.csv`` where a detector
+    has slice scores."""
+    folder = run.reset_dir(DETECTOR_DIR)
+    names = list(scores)
+    table = scores[names[0]].subjects[["subject", "label", "split"]].reset_index(drop=True)
+    for name in names:
+        table[name] = table["subject"].map(scores[name].subjects.set_index("subject")["score"])
+        if scores[name].slices is not None:
+            scores[name].slices.to_csv(folder / f"{name}_slice_scores.csv", index=False)
+    table.to_csv(folder / "subject_scores.csv", index=False)
 
 
-# ------------------------------------------------------------------ the detectors
+def load_detector_scores(run, name: str) -> pd.DataFrame:
+    """One detector's subject scores as the evaluation step wrote them.
+
+    Parameters
+    ----------
+    run : RunDir or path
+        A run folder whose ``metrics`` step is done.
+    name : str
+        A detector of :data:`~glio_kit.detect.detectors.DETECTORS`.
+
+    Returns
+    -------
+    DataFrame
+        ``subject, label, split, score`` (validation and test subjects).
+    """
+    path = Path(getattr(run, "path", run)) / DETECTOR_DIR / "subject_scores.csv"
+    if not path.exists():
+        raise RunFolderError(f"{path}: not in this run folder; run the metrics step (notebook 05) first")
+    table = pd.read_csv(path, dtype={"subject": str})
+    if name not in table:
+        raise RunFolderError(f"{path}: no scores of the detector {name!r} (evaluated with another table of "
+                             f"detectors); redo the metrics step (notebook 05, overwrite=True)")
+    return table[["subject", "label", "split", name]].rename(columns={name: "score"})
+
+
+# ------------------------------------------------------------------ subject level
 def detection_block(subj: pd.DataFrame, settings: EvaluateSettings) -> dict:
     """Threshold from the healthy validation subjects; metrics and CIs on the test subjects.
 
-    subj : one row per subject: ``subject, label, split, score``.
-    Returns :data:`~glio_kit.evaluate.metrics.METRIC_NAMES`, ``threshold``, ``confusion``,
-    ``n_test_healthy``, ``n_test_tumor``, ``n_val_healthy``, ``fpr_target``, ``val_fpr``
-    (share of healthy validation subjects above the threshold), ``roc`` and ``ci``
-    (metric -> [lo, hi]; empty without both classes or with ``n_bootstrap = 0``).
+    Parameters
+    ----------
+    subj : DataFrame
+        One row per subject: ``subject, label, split, score``.
+    settings : EvaluateSettings
+        ``fpr_target``, ``n_bootstrap``, ``seed``.
+
+    Returns
+    -------
+    dict
+        :data:`~glio_kit.evaluate.metrics.METRIC_NAMES`, ``threshold``, ``confusion``,
+        ``n_test_healthy``, ``n_test_tumor``, ``n_val_healthy``, ``fpr_target``, ``val_fpr``
+        (share of healthy validation subjects above the threshold), ``roc`` and ``ci``
+        (metric -> [lo, hi]; empty without both classes or with ``n_bootstrap = 0``).
     """
     fpr, n_boot, seed = float(settings.fpr_target), int(settings.n_bootstrap), int(settings.seed)
     val = subj[(subj["split"] == "val") & (subj["label"] == 0)]
@@ -157,78 +214,25 @@ def detection_block(subj: pd.DataFrame, settings: EvaluateSettings) -> dict:
     return out
 
 
-def _baseline(run: RunDir, cache, slices: pd.DataFrame, erode: int, settings: EvaluateSettings) -> dict:
-    """The intensity baseline on the scored slices; writes ``baseline/*.csv``."""
-    base = intensity_baseline(cache, slices["row"].to_numpy(), erode=erode, median=BASELINE_MEDIAN,
-                              percentile=settings.pixel_percentile, fpr=settings.fpr_target)
-    bdir = run.reset_dir("baseline")
-    base["slice_scores"].to_csv(bdir / "slice_scores.csv", index=False)
-    base["subject_scores"].to_csv(bdir / "subject_scores.csv", index=False)
-    out = dict(method="intensity", description="normalised T2 intensity in the eroded brain; subject score = "
-               "mean over slices of the fraction of in-brain pixels above the healthy-validation percentile")
-    out.update(detection_block(base["subject_scores"], settings))
-    return out
-
-
-def _residual_area(run: RunDir, cache, slices: pd.DataFrame, maps, score: ScoreSettings,
-                   settings: EvaluateSettings) -> dict:
-    """Beyond the paper: the saved residual maps scored by the baseline's rule (same harness);
-    writes ``score/subject_scores_residual_area.csv``."""
-    s_rows, s_k = slices["row"].to_numpy(), slices["k"].to_numpy()
-
-    def residual_maps(sel):
-        r, k = s_rows[sel], s_k[sel]
-        return np.asarray(maps[k]), eroded_brain(np.asarray(cache.brain[r]), score.erode)
-
-    area = area_detector(residual_maps, slices, settings.pixel_percentile, settings.fpr_target)
-    area["subject_scores"].to_csv(run / "score" / "subject_scores_residual_area.csv", index=False)
-    out = dict(method="dcgan-residual-area",
-               description=f"DCGAN {score.residual_kind} residual in the eroded brain, "
-                           "scored by the baseline's rule")
-    out.update(detection_block(area["subject_scores"], settings))
-    out["subject_scores"] = area["subject_scores"]
-    return out
-
-
-def _lesion_load(run: RunDir, cache, slices: pd.DataFrame, maps, score: ScoreSettings,
-                 settings: EvaluateSettings) -> dict:
-    """Beyond the paper: the largest 3-D connected component of the saved residual maps above the
-    healthy-validation pixel threshold, per subject; writes ``score/subject_scores_lesion_load.csv``."""
-    val = ((slices["split"] == "val") & (slices["label"] == 0)).to_numpy()
-    vk, vr = slices.loc[val, "k"].to_numpy(), slices.loc[val, "row"].to_numpy()
-    v_brain = eroded_brain(np.asarray(cache.brain[vr]), score.erode)
-    pix = pixel_threshold_from_healthy(np.asarray(maps[vk]), v_brain, settings.pixel_percentile)
-    ordered = np.asarray(maps[slices["k"].to_numpy()])  # (M, H, W) in the rows of `slices`
-    subj = lesion_load_scores(ordered, slices, pix, settings.lesion_min_size)
-    subj.to_csv(run / "score" / "subject_scores_lesion_load.csv", index=False)
-    out = dict(method="dcgan-lesion-load", pixel_threshold=pix, min_size=int(settings.lesion_min_size),
-               description=f"largest 3-D connected component (voxels of the slice cache) of the DCGAN's "
-                           f"{score.residual_kind} residual above the healthy-validation pixel threshold, "
-                           f"across the subject's slices; components under {settings.lesion_min_size} voxels "
-                           "count as none")
-    out.update(detection_block(subj, settings))
-    out["subject_scores"] = subj
-    return out
-
-
-def _write_subjects_csv(run: RunDir, paper: pd.DataFrame, area: pd.DataFrame, load: pd.DataFrame) -> None:
-    """``subjects.csv``: ``subject, label, score`` (the paper's score) of the test subjects, then
-    one column per other subject score, named after it."""
-    out = paper[paper["split"] == "test"][["subject", "label", "score"]].reset_index(drop=True)
-    for name, other in (("residual_area", area), ("lesion_load", load)):
-        out[name] = out["subject"].map(other.set_index("subject")["score"])
-    out.to_csv(run / "subjects.csv", index=False)
-
-
 def site_shift(slices: pd.DataFrame, maps=None) -> dict:
     """The site-shift control: lesion-free slices of tumour subjects against healthy test slices.
 
-    slices : the score step's slice table (``split``, ``label``, ``lesion_pixels``, ``A``).
     With real data, healthy and tumour subjects often come from different scanners (IXI and
     BraTS); a detector that scores a tumour subject's lesion-free slices higher than a healthy
-    subject's has learned the site, not the tumour. Returns ``auc_slice_A`` (0.5 is the ideal),
-    the numbers of slices compared and their mean ``A``; ``auc_residual_mean`` too when the
-    residual maps are given (their mean over each slice).
+    subject's has learned the site, not the tumour.
+
+    Parameters
+    ----------
+    slices : DataFrame
+        The score step's slice table (``split``, ``label``, ``lesion_pixels``, ``A``, ``k``).
+    maps : array-like, shape (M, H, W), optional
+        The residual maps (row ``k``); their mean over each slice is compared too.
+
+    Returns
+    -------
+    dict
+        ``auc_slice_A`` (0.5 is the ideal), the numbers of slices compared and their mean
+        ``A``; ``auc_residual_mean`` when ``maps`` is given (None where nothing compares).
     """
     test = slices[slices["split"] == "test"]
     free = test[(test["label"] == 1) & (test["lesion_pixels"] == 0)]
@@ -248,42 +252,56 @@ def site_shift(slices: pd.DataFrame, maps=None) -> dict:
 
 
 # --------------------------------------------------------------------- pixel level
-def _test_tumours_have_masks(cache, slices: pd.DataFrame) -> bool:
+def _test_tumours_have_masks(data: ScoredSlices) -> bool:
     """Whether any test tumour slice has a lesion mask (pixel metrics need them)."""
-    tum = ((slices["split"] == "test") & (slices["label"] == 1)).to_numpy()
-    rows = slices.loc[tum, "row"].to_numpy()
-    return bool(rows.size) and bool(np.asarray(cache.lesion[np.sort(rows)]).any())
+    rows = data.slices["row"].to_numpy()[data.test_tumour()]
+    return bool(rows.size) and bool(np.asarray(data.cache.lesion[np.sort(rows)]).any())
 
 
-def _pixel_level(cache, slices: pd.DataFrame, maps, erode: int, percentile: float) -> tuple[dict, dict]:
-    """Pixel blocks of the saved residual maps and of the baseline's map: thresholds from the
-    healthy validation slices, metrics on the test tumour slices."""
-    val = ((slices["split"] == "val") & (slices["label"] == 0)).to_numpy()
-    tum = ((slices["split"] == "test") & (slices["label"] == 1)).to_numpy()
-    vr, vk = slices.loc[val, "row"].to_numpy(), slices.loc[val, "k"].to_numpy()
-    tr, tk = slices.loc[tum, "row"].to_numpy(), slices.loc[tum, "k"].to_numpy()
-    tsub = slices.loc[tum, "subject"].to_numpy()
-    v_img, v_brain = np.asarray(cache.images[vr]), np.asarray(cache.brain[vr])
-    t_img, t_brain = np.asarray(cache.images[tr]), np.asarray(cache.brain[tr])
-    t_les = np.asarray(cache.lesion[tr])
-    v_eb, t_eb = eroded_brain(v_brain, erode), eroded_brain(t_brain, erode)
-    dcgan = pixel_block(np.asarray(maps[vk]), v_eb, np.asarray(maps[tk]), t_les, t_eb, tsub, percentile)
-    base = pixel_block(intensity_map(v_img, v_brain, erode, BASELINE_MEDIAN), v_eb,
-                       intensity_map(t_img, t_brain, erode, BASELINE_MEDIAN), t_les, t_eb, tsub, percentile)
-    return dcgan, base
+def _add_pixel_metrics(blocks: dict, data: ScoredSlices, percentile: float) -> None:
+    """Into the block of the first detector of each pixel map (:data:`~glio_kit.detect.detectors.PIXEL_MAPS`):
+    ``has_masks`` and, when the test tumour slices have masks, that map's :func:`pixel_block`
+    (thresholds from the healthy validation slices, metrics on the test tumour slices)."""
+    owners = {}
+    for name, det in D.DETECTORS.items():
+        if det.pixel_map:
+            owners.setdefault(det.pixel_map, name)
+    has_masks = _test_tumours_have_masks(data)
+    val, tum = data.healthy_val(), data.test_tumour()
+    if has_masks:
+        v_eb, t_eb = data.brain(val), data.brain(tum)
+        t_les = np.asarray(data.cache.lesion[data.slices["row"].to_numpy()[tum]])
+        tsub = data.slices["subject"].to_numpy()[tum]
+    for kind, name in owners.items():
+        blocks[name]["has_masks"] = has_masks
+        if has_masks:
+            pixel_map = D.PIXEL_MAPS[kind]
+            blocks[name].update(pixel_block(pixel_map(data, val), v_eb, pixel_map(data, tum), t_les, t_eb,
+                                            tsub, percentile))
 
 
 def pixel_block(val_maps, val_brain, test_maps, test_lesion, test_brain, test_subjects,
                 percentile: float) -> dict:
     """Pixel metrics of one kind of map, as stored in ``metrics.json``.
 
-    val_maps, val_brain : (Nv, H, W) maps and eroded brains of healthy validation slices
-        (they choose the pixel threshold at ``percentile``).
-    test_maps, test_lesion, test_brain : (Nt, H, W) of the test tumour slices.
-    test_subjects : (Nt,) subject id per test slice.
-    Returns ``pixel_dice``, ``pixel_dice_per_subject``, ``pixel_auprc``, ``pixel_auroc``,
-    ``pixel_threshold``, ``pixel_lesion_fraction``, ``dice_upper_bound_test_tuned`` (and its
-    threshold) and ``pixel_percentile``.
+    Parameters
+    ----------
+    val_maps, val_brain : ndarray, shape (Nv, H, W)
+        Maps and eroded brains of healthy validation slices (they choose the pixel threshold
+        at ``percentile``).
+    test_maps, test_lesion, test_brain : ndarray, shape (Nt, H, W)
+        Maps, lesion masks and eroded brains of the test tumour slices.
+    test_subjects : ndarray, shape (Nt,)
+        Subject id per test slice.
+    percentile : float
+        Pixel threshold percentile in (0, 100].
+
+    Returns
+    -------
+    dict
+        ``pixel_dice``, ``pixel_dice_per_subject``, ``pixel_auprc``, ``pixel_auroc``,
+        ``pixel_threshold``, ``pixel_lesion_fraction``, ``dice_upper_bound_test_tuned`` (and its
+        threshold) and ``pixel_percentile``.
     """
     thr = pixel_threshold_from_healthy(val_maps, val_brain, percentile)
     pm = pixel_metrics(test_maps, test_lesion, test_brain, thr, subjects=test_subjects)
@@ -310,130 +328,6 @@ def _jsonable(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-# ---------------------------------------------------------------------- metrics.md
-def _fmt(v, ci=None) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    s = f"{v:.3f}" if isinstance(v, float) else str(v)
-    if ci and all(c is not None for c in ci):
-        s += f" ({ci[0]:.3f}–{ci[1]:.3f})"
-    return s
-
-
-def _g(v) -> str:
-    return "–" if v is None else f"{v:.4g}"
-
-
-SUBJECT_ROWS = (("subject AUC", "subject_auc"), ("accuracy", "accuracy"), ("precision", "precision"),
-                ("recall (sensitivity)", "recall"), ("specificity", "specificity"), ("F1", "f1"))
-PIXEL_ROWS = (("pixel Dice (pooled)", "pixel_dice"),
-              ("pixel Dice (mean per subject)", "pixel_dice_per_subject"), ("pixel AUPRC", "pixel_auprc"),
-              ("pixel AUROC", "pixel_auroc"),
-              ("pixel threshold (healthy validation)", "pixel_threshold"),
-              ("Dice upper bound (TEST-TUNED, not a result)", "dice_upper_bound_test_tuned"))
-#: The table's detector columns: (key in metrics.json, header); "" = the top level (paper's score).
-COLUMNS = (("", "kit: paper's score"), ("residual_area", "kit: residual area"),
-           ("lesion_load", "kit: lesion load"), ("baseline", "baseline"))
-#: recommended_score -> the column it names.
-RECOMMENDED_COLUMN = dict(paper="", residual_area="residual_area", lesion_load="lesion_load")
-
-
-def _columns(result: dict) -> list[tuple[str, dict]]:
-    """(header, block) per detector column, the recommended one marked."""
-    rec = RECOMMENDED_COLUMN.get((result.get("recommended") or {}).get("name"))
-    out = []
-    for key, header in COLUMNS:
-        block = result if key == "" else result.get(key, {})
-        out.append((header + (" = RECOMMENDED" if key == rec else "") + " (95% CI)", block))
-    return out
-
-
-def _subject_rows(result: dict, blocks: list[dict], paper: dict) -> list[str]:
-    """Metric rows: the paper's printed value (with what its counts imply where they differ)."""
-    implied = paper_consistency()["implied"]
-    lines = []
-    for label, key in SUBJECT_ROWS:
-        p = paper.get(key) if key not in ("specificity", "f1") else None
-        pv = _fmt(p)
-        if key in implied and p is not None and round(implied[key], 3) != p:
-            pv += f" (counts imply {implied[key]:.3f})"
-        elif key in ("specificity", "f1"):
-            pv = f"{implied[key]:.3f} (from counts)"
-        lines.append(f"| {label} | {pv} | " + " | ".join(_fmt(b.get(key), b.get("ci", {}).get(key))
-                                                       for b in blocks) + " |")
-    return lines
-
-
-def _count_rows(result: dict, blocks: list[dict], paper: dict) -> list[str]:
-    """Confusion counts, numbers of test subjects and subject thresholds."""
-    pc = paper.get("confusion", PAPER["confusion"])
-    lines = [f"| {name.upper()} | {pc[name]} | "
-             + " | ".join(str(b.get("confusion", {}).get(name, "–")) for b in blocks) + " |"
-             for name in ("tp", "fn", "tn", "fp")]
-    lines.append("| test subjects (healthy + tumour) | 27 + 27 | "
-                 + " | ".join(f"{b.get('n_test_healthy', '–')} + {b.get('n_test_tumor', '–')}"
-                              for b in blocks) + " |")
-    lines.append("| subject threshold (from healthy validation) | – | "
-                 + " | ".join(_g(b.get("threshold")) for b in blocks) + " |")
-    return lines
-
-
-def _notes(result: dict) -> list[str]:
-    """The text under the table: what each column is, where thresholds come from, the paper."""
-    res = result.get("residual") or {}
-    kind = res.get("kind", "positive")
-    load = result.get("lesion_load") or {}
-    shift = result.get("site_shift") or {}
-    n_val = result.get("n_val_healthy", "?")
-    return [
-        "",
-        "Kit, paper's score: subject score = mean of slice anomaly scores A = (1-lambda) R + lambda D "
-        "(the paper). "
-        f"Kit, residual area (beyond the paper): the DCGAN's {kind} residual "
-        f"{RESIDUAL_FORMULAS.get(kind, '')} "
-        f"in the eroded brain (erosion {res.get('erode', '?')} px, median filter {res.get('median', '?')}, "
-        "as the score step saved it), subject score = mean over slices of the share of pixels above the "
-        "healthy-validation pixel threshold, the same rule the baseline applies to the intensity. "
-        "Kit, lesion load (beyond the paper): the largest 3-D connected component of those above-threshold "
-        f"pixels across the subject's slices, in voxels (components under {load.get('min_size', '?')} "
-        "voxels count as none). The recommended score was chosen on development cohorts (other synthetic "
-        "seeds), never on this run's test subjects.",
-        "",
-        "Thresholds: subject score > threshold = abnormal; threshold chosen on "
-        f"{n_val} healthy validation subject{'' if n_val == 1 else 's'} at a target false-positive rate of "
-        f"{result.get('fpr_target', '?')}. "
-        "The test set chooses nothing, except the Dice upper bound, which is labelled test-tuned.",
-        "",
-        "Site-shift control (slice A of tumour subjects' lesion-free slices vs healthy test slices; 0.5 = "
-        f"the detector does not tell the groups apart where there is no lesion): AUC "
-        f"{_fmt(shift.get('auc_slice_A'))} ({shift.get('n_lesion_free_tumour_slices', '?')} vs "
-        f"{shift.get('n_healthy_test_slices', '?')} slices); by mean residual: "
-        f"{_fmt(shift.get('auc_residual_mean'))}.",
-        "",
-        f"Paper (see glio_kit.evaluate.paper): {paper_consistency()['note']}",
-        "",
-    ]
-
-
-def metrics_markdown(result: dict) -> str:
-    """The ``metrics.md`` table: metric | paper | one column per detector (paper's score,
-    residual area, lesion load, baseline; each with its 95% CI, the recommended one marked),
-    then the notes."""
-    paper = result.get("paper", PAPER)
-    cols = _columns(result)
-    blocks = [b for _, b in cols]
-    lines = ["| metric | paper | " + " | ".join(h for h, _ in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
-    lines += _subject_rows(result, blocks, paper)
-    lines += _count_rows(result, blocks, paper)
-    if result.get("has_masks"):
-        base = result.get("baseline", {})
-        for label, key in PIXEL_ROWS:
-            lines.append(f"| {label} | – | {_fmt(result.get(key))} | (same maps) | (same maps) | "
-                         f"{_fmt(base.get(key))} |")
-    return "\n".join(lines + _notes(result))
 
 
 # -------------------------------------------------------------- what went wrong

@@ -14,30 +14,37 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from ..detect import detectors as D
+from ..detect.scoring import load_slice_scores
+from ..evaluate.evaluation import load_detector_scores
 from ..evaluate.metrics import operating_point
 from ..evaluate.paper import PAPER_OPERATING_POINT
-from ..detect.scoring import load_subject_scores
 from .style import GROUP_COLOURS
 
-#: Colours of the three detectors of ``metrics.json``.
-DETECTOR_COLOURS = {"dcgan": "C0", "residual_area": "C2", "lesion_load": "C4", "baseline": "C1"}
 PAPER_COLOUR = "C3"
 
 
 def plot_roc(result: dict, ax=None):
-    """Subject-level ROC curves of the kit's detectors, each one's operating point at its
-    validation threshold, and the paper's operating point (FPR 2/27, TPR 24/27).
+    """Subject-level ROC curves of the detectors (:data:`~glio_kit.detect.detectors.DETECTORS`),
+    each one's operating point at its validation threshold, and the paper's operating point
+    (FPR 2/27, TPR 24/27).
 
-    The legend sits beside the axes, so it never covers a curve.
+    Parameters
+    ----------
+    result : dict
+        ``metrics.json``.
+    ax : matplotlib Axes, optional
+        Where to draw (default: a new figure).
+
+    Returns
+    -------
+    Figure
+        The legend sits beside the axes, so it never covers a curve.
     """
     fig, ax = (plt.subplots(figsize=(7.6, 4.4)) if ax is None else (ax.figure, ax))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
-    detectors = ((result, "DCGAN, paper's score", "dcgan"),
-                 (result.get("residual_area") or {}, "DCGAN, residual area", "residual_area"),
-                 (result.get("lesion_load") or {}, "DCGAN, lesion load", "lesion_load"),
-                 (result.get("baseline") or {}, "intensity baseline", "baseline"))
-    for res, name, key in detectors:
-        colour = DETECTOR_COLOURS[key]
+    for det in D.DETECTORS.values():
+        res, name, colour = D.block(result, det), det.label, det.colour
         curve = res.get("roc") or {}
         if curve.get("fpr"):
             auc = res.get("subject_auc")
@@ -113,17 +120,21 @@ def plot_subject_score_distributions(subject_scores: pd.DataFrame, threshold: fl
 
 
 def plot_pixel_comparison(result: dict, ax=None):
-    """Pixel metrics of the kit vs the intensity baseline (bars), with the test-tuned Dice
-    upper bound drawn hatched so nobody mistakes it for a result."""
+    """Pixel metrics of each pixel map of the detectors (the residual maps, the baseline's
+    intensity; bars in the colour of the first detector that reads the map), with the
+    test-tuned Dice upper bound drawn hatched so nobody mistakes it for a result."""
     keys = [("pixel_dice", "Dice"), ("pixel_dice_per_subject", "Dice / subject"), ("pixel_auprc", "AUPRC"),
             ("pixel_auroc", "AUROC"), ("dice_upper_bound_test_tuned", "Dice upper bound\n(test-tuned)")]
     fig, ax = (plt.subplots(figsize=(6.4, 3.4)) if ax is None else (ax.figure, ax))
-    base = result.get("baseline") or {}
-    x = np.arange(len(keys))
-    for off, res, name, colour in ((-0.2, result, "DCGAN (kit)", DETECTOR_COLOURS["dcgan"]),
-                                   (0.2, base, "intensity baseline", DETECTOR_COLOURS["baseline"])):
+    owners = {}
+    for det in D.DETECTORS.values():
+        if det.pixel_map and "pixel_dice" in D.block(result, det):
+            owners.setdefault(det.pixel_map, det)
+    x, width = np.arange(len(keys)), 0.8 / max(len(owners), 1)
+    for i, (kind, det) in enumerate(owners.items()):
+        res, off = D.block(result, det), (i - (len(owners) - 1) / 2) * width
         vals = [res.get(k) if res.get(k) is not None else np.nan for k, _ in keys]
-        bars = ax.bar(x + off, vals, width=0.4, color=colour, label=name)
+        bars = ax.bar(x + off, vals, width=width, color=det.colour, label=f"{kind} map ({det.label})")
         bars[-1].set_hatch("//")
         bars[-1].set_alpha(0.5)
     if result.get("pixel_lesion_fraction") is not None:
@@ -138,27 +149,31 @@ def plot_pixel_comparison(result: dict, ax=None):
 def metric_figures(run, result: dict | None = None) -> dict:
     """All figures of the metrics step as ``name -> Figure`` (the notebook shows and saves them).
 
-    run : the run folder (:class:`~glio_kit.run.runtime.RunDir` or path); result : its
-    ``metrics.json`` (read from the folder when None).
+    Parameters
+    ----------
+    run : RunDir or path
+        A run folder whose metrics step is done.
+    result : dict, optional
+        Its ``metrics.json`` (read from the folder when None).
+
+    Returns
+    -------
+    dict
+        ``roc``, ``confusion``, one ``<detector>_score_distributions`` per detector (the
+        paper's score: ``score_distributions``), ``pixel_comparison`` (with lesion masks) and
+        ``site_shift``.
     """
     run_path = Path(getattr(run, "path", run))
     result = result or json.loads((run_path / "metrics.json").read_text())
     figs = dict(roc=plot_roc(result),
                 confusion=plot_confusion(result["confusion"], "DCGAN (kit): Table I layout"))
-    figs["score_distributions"] = plot_subject_score_distributions(
-        load_subject_scores(run_path), result["threshold"], "DCGAN subject scores",
-        "subject score (mean of slice scores A)")
-    bfile = run_path / "baseline" / "subject_scores.csv"
-    if bfile.exists() and result.get("baseline"):
-        figs["baseline_score_distributions"] = plot_subject_score_distributions(
-            pd.read_csv(bfile, dtype={"subject": str}), result["baseline"]["threshold"],
-            "Intensity-baseline subject scores",
-            "subject score (mean share of in-brain pixels above threshold)")
-    lfile = run_path / "score" / "subject_scores_lesion_load.csv"
-    if lfile.exists() and result.get("lesion_load"):
-        figs["lesion_load_score_distributions"] = plot_subject_score_distributions(
-            pd.read_csv(lfile, dtype={"subject": str}), result["lesion_load"]["threshold"],
-            "Lesion-load subject scores", "largest 3-D component above the pixel threshold (voxels)")
+    for det in D.DETECTORS.values():  # one score distribution per detector; the first is the paper's
+        block = D.block(result, det)
+        if block.get("threshold") is not None:
+            name = "score_distributions" if det is D.top_level() else f"{det.name}_score_distributions"
+            figs[name] = plot_subject_score_distributions(load_detector_scores(run_path, det.name),
+                                                          block["threshold"], f"{det.label}: subject scores",
+                                                          det.unit)
     if result.get("has_masks"):
         figs["pixel_comparison"] = plot_pixel_comparison(result)
     if (result.get("site_shift") or {}).get("auc_slice_A") is not None:
@@ -170,8 +185,6 @@ def plot_site_shift(run_path, shift: dict):
     """The site-shift control: slice anomaly scores A of the tumour subjects' lesion-free
     slices beside the healthy test slices. Overlapping histograms (AUC near 0.5) mean the
     detector reacts to the lesion, not to whatever else tells the two groups apart."""
-    from ..detect.scoring import load_slice_scores
-
     sl = load_slice_scores(run_path)
     test = sl[sl["split"] == "test"]
     free = test[(test["label"] == 1) & (test["lesion_pixels"] == 0)]["A"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
-from .config import SMOKE_NOTE as CONFIG_SMOKE_NOTE
-
 from ..atomic import atomic_path, write_text
+from ..detect import detectors as D
+from .config import SMOKE_NOTE as CONFIG_SMOKE_NOTE
 
 
 def value_str(v) -> str:
@@ -34,8 +36,32 @@ def error_line(err: BaseException) -> str:
 SUMMARY_METRICS = ("subject_auc", "accuracy", "precision", "recall", "pixel_dice")
 
 
+def other_detectors() -> list:
+    """The detectors besides the paper's score (the top level of ``metrics.json``): each has a
+    ``<name>_auc`` column in the summary."""
+    return [d for d in D.DETECTORS.values() if d is not D.top_level()]
+
+
 def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None) -> pd.DataFrame:
-    """Write ``summary.csv``, ``summary.md`` and ``summary.png`` in the batch folder ``out``."""
+    """Write ``summary.csv``, ``summary.md`` and ``summary.png`` in the batch folder ``out``.
+
+    Parameters
+    ----------
+    out : path
+        The batch folder (one run folder per grid point inside).
+    runs : list of dict
+        ``name`` and ``point`` (grid values) per run.
+    status : dict
+        Run name -> ``status``, ``seconds``, ``error`` (and ``prefix_seconds``).
+    group_of : dict, optional
+        Run name -> the shared-prefix group it belongs to.
+
+    Returns
+    -------
+    DataFrame
+        One row per run: grid values, :data:`SUMMARY_METRICS`, ``<detector>_auc`` for every
+        detector besides the paper's score, CIs, timings, status.
+    """
     out = Path(out)
     group_of = group_of or {}
     grid_names = list(dict.fromkeys(k for r in runs for k in r["point"]))
@@ -51,7 +77,8 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
             m = json.loads(mfile.read_text())
         for k in SUMMARY_METRICS:
             row[k] = m.get(k)
-        row["baseline_auc"] = (m.get("baseline") or {}).get("subject_auc")
+        for det in other_detectors():
+            row[f"{det.name}_auc"] = D.block(m, det).get("subject_auc")
         ci = m.get("ci") or {}
         for k in ("subject_auc", "accuracy"):
             lo, hi = (ci.get(k) or [None, None])
@@ -73,8 +100,6 @@ def summarise(out, runs: list[dict], status: dict, group_of: dict | None = None)
         fig = summary_figure(table)
         with atomic_path(out / "summary.png") as tmp:
             fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
     except Exception as err:  # noqa: BLE001 - the tables matter more than the picture
         print(f"[batch] summary.png not written: {error_line(err)}")
@@ -94,8 +119,9 @@ def summary_markdown(table: pd.DataFrame, grid_names: list[str], profile: str = 
     def given(v):
         return "–" if v is None or (isinstance(v, float) and v != v) else value_str(v)
 
+    others = [d.name for d in other_detectors()]
     cols = ["run", *grid_names, "subject AUC (95% CI)", "accuracy (95% CI)", "precision", "recall",
-            "pixel Dice", "baseline AUC", "seconds", "status"]
+            "pixel Dice", *[f"{name} AUC" for name in others], "seconds", "status"]
     lines = [SMOKE_NOTE, ""] if profile == "smoke" else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
@@ -107,16 +133,15 @@ def summary_markdown(table: pd.DataFrame, grid_names: list[str], profile: str = 
                                   and r["accuracy_lo"] == r["accuracy_lo"] else "")
         status = r["status"] + (f": {r['error']}" if r["error"] else "")
         vals = [r["run"], *[given(r[g]) for g in grid_names], auc, acc, f(r["precision"]), f(r["recall"]),
-                f(r["pixel_dice"]), f(r["baseline_auc"]), f(float(r["seconds"])), status.replace("|", "/")]
+                f(r["pixel_dice"]), *[f(r.get(f"{name}_auc")) for name in others], f(float(r["seconds"])),
+                status.replace("|", "/")]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
 
 def summary_figure(table: pd.DataFrame):
-    """Bars of subject AUC and accuracy per run with 95% CI whiskers; failed runs marked."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    """Bars of subject AUC and accuracy per run with 95% CI whiskers, the other detectors' AUCs
+    as markers in their colours; failed runs marked."""
     n = len(table)
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * n + 3), 3.8), sharey=True)
     x = np.arange(n)
@@ -126,10 +151,12 @@ def summary_figure(table: pd.DataFrame):
         hi = pd.to_numeric(table[f"{key}_hi"], errors="coerce").to_numpy(dtype=float)
         err = np.vstack([np.where(np.isfinite(lo), vals - lo, 0), np.where(np.isfinite(hi), hi - vals, 0)])
         err = np.where(np.isfinite(err), np.maximum(err, 0), 0)
-        ax.bar(x, np.nan_to_num(vals), yerr=err, capsize=3, color="C0")
-        if key == "subject_auc" and "baseline_auc" in table:
-            b = pd.to_numeric(table["baseline_auc"], errors="coerce").to_numpy(dtype=float)
-            ax.plot(x, b, "D", color="C1", label="intensity baseline")
+        ax.bar(x, np.nan_to_num(vals), yerr=err, capsize=3, color=D.top_level().colour)
+        others = [d for d in other_detectors() if f"{d.name}_auc" in table]
+        if key == "subject_auc" and others:
+            for det in others:
+                b = pd.to_numeric(table[f"{det.name}_auc"], errors="coerce").to_numpy(dtype=float)
+                ax.plot(x, b, "D", color=det.colour, label=det.label)
             ax.legend(fontsize=7, loc="lower right")
         for i, s in enumerate(table["status"]):
             if s not in ("ok", "done earlier"):

@@ -32,9 +32,7 @@ SMOKE_NOTE = ("smoke profile: the models are far too small to learn. Flat grey G
 
 NORMALISATIONS = ("sd", "zscore", "percentile")
 MAPPINGS = ("iterative", "encoder", "encoder+iterative")
-REDUCTIONS = ("mean", "max", "topk")
 RESIDUAL_KINDS = ("positive", "absolute")
-SUBJECT_SCORES = ("paper", "residual_area", "lesion_load")
 
 
 def knob(default, help: str, result: bool = True):
@@ -204,6 +202,8 @@ class ScoreSettings(StepSettings):
 
     def check(self) -> None:
         _choice("mapping", self.mapping, MAPPINGS)
+        from ..detect.detectors import REDUCTIONS  # here: the table imports pandas and scipy (slow)
+
         _choice("subject_reduction", self.subject_reduction, REDUCTIONS)
         _choice("residual_kind", self.residual_kind, RESIDUAL_KINDS)
         for name in ("mapping_steps", "median_filter", "erode", "encoder_epochs"):
@@ -237,11 +237,16 @@ class EvaluateSettings(StepSettings):
     n_bootstrap: int = knob(1000, "bootstrap resamples of the 95% confidence intervals")
     lesion_min_size: int = knob(5, "lesion load: components smaller than this many voxels count as none")
     # chosen on development cohorts (other synthetic seeds), never on the demo's test subjects
+    # allowed: the table of detectors' (glio_kit.detect.detectors.recommendable), see check()
     recommended_score: str = knob("lesion_load",
                                   "recommended subject score: paper | residual_area | lesion_load")
 
     def check(self) -> None:
-        _choice("recommended_score", self.recommended_score, SUBJECT_SCORES)
+        # imported here, not at the top: the table of detectors imports pandas and scipy, which
+        # the CLI's start (and every settings class) does not need
+        from ..detect.detectors import recommendable
+
+        _choice("recommended_score", self.recommended_score, recommendable())
         if self.lesion_min_size < 1:
             raise ValueError(f"lesion_min_size must be at least 1, got {self.lesion_min_size}")
         if not 0 <= self.fpr_target <= 1 or not 0 < self.pixel_percentile <= 100:

@@ -17,10 +17,14 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+import mistune
+
 from .. import __version__
 from ..atomic import write_text
-from .config import SMOKE_NOTE
+from ..detect import detectors as D
 from ..errors import GlioKitError
+from ..progress import duration
+from .config import SMOKE_NOTE
 from .steps import STEPS
 
 #: The name of the page in the run folder.
@@ -73,7 +77,8 @@ def report_html(run: Path) -> str:
              "Turkish Neurosurgery 32(1):16&ndash;21, 2022. doi:10.5137/1019-5149.JTN.29217-20.2</p>"]
     if profile == "smoke":
         parts.append(f"<p class='note'><b>Note:</b> {_e(SMOKE_NOTE)}</p>")
-    parts += [_metrics(run), _figures(run), _settings(records), _timings(run, records), _environment(env)]
+    parts += [_metrics(run), _detectors(run), _figures(run), _settings(records), _timings(run, records),
+              _environment(env)]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>glio-kit report: {_e(run.name)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
@@ -83,9 +88,20 @@ def _metrics(run: Path) -> str:
     md = run / "metrics.md"
     if not md.exists():
         return "<h2>Metrics</h2><p>No <code>metrics.md</code> yet: notebook 05 has not run.</p>"
-    import mistune
-
     return "<h2>Metrics (test set, 95% bootstrap CIs)</h2>\n" + mistune.html(md.read_text())
+
+
+def _detectors(run: Path) -> str:
+    """The table of subject scores: what each column of the metrics is, its subject AUC here."""
+    result = _json(run / "metrics.json") or {}
+    rec = (result.get("recommended") or {}).get("name")
+    rows = "".join(f"<tr><td><code>{_e(d.name)}</code>{' (recommended)' if d.name == rec else ''}</td>"
+                   f"<td>{_e(d.origin)}</td><td>{_e(d.what)}</td>"
+                   f"<td>{_e(_auc(D.block(result, d).get('subject_auc')))}</td></tr>"
+                   for d in D.DETECTORS.values())
+    return ("<h2>Subject scores</h2><p class='meta'>The detectors of <code>glio_kit.detect.detectors</code>, "
+            "one column each in the metrics above.</p><table><tr><th>detector</th><th>origin</th>"
+            f"<th>what it is</th><th>subject AUC (test)</th></tr>{rows}</table>")
 
 
 def _figures(run: Path) -> str:
@@ -175,6 +191,10 @@ def _help(step, name: str) -> str:
         return ""
 
 
+def _auc(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def _value(v) -> str:
     return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
@@ -182,8 +202,6 @@ def _value(v) -> str:
 def _seconds(s) -> str:
     if s is None:
         return "–"
-    from ..progress import duration
-
     return duration(float(s))
 
 

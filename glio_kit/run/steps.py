@@ -64,7 +64,7 @@ STEPS: tuple[Step, ...] = (
          ("figures/04_*.png",), dict(COMMON_PARAMETERS)),
     Step("metrics", "05_metrics.ipynb", "glio_kit.evaluate.evaluation:evaluate_run", EvaluateSettings,
          ("score",),
-         ("metrics.json", "metrics.md", "baseline/"), {**COMMON_PARAMETERS, **OVERWRITE}),
+         ("metrics.json", "metrics.md", "detectors/"), {**COMMON_PARAMETERS, **OVERWRITE}),
 )
 
 #: The steps whose outputs runs of a batch share when their settings are equal.
