@@ -143,7 +143,7 @@ def subject_auc(run, cache, settings: ScoreSettings, G, D, E, mapping, steps, pr
 def encoder_for(run, cache, settings: ScoreSettings, G, D):
     """The run's encoder if it has one, else one trained into a temporary copy of its records."""
     from glio_kit.detect.mapping import load_encoder, train_encoder
-    from glio_kit.run.runtime import RunDir
+    from glio_kit.run.rundir import RunDir
 
     if run.is_done("encoder") and (run / "encoder" / "encoder.pt").exists():
         return load_encoder(run), "the run's"
@@ -184,8 +184,8 @@ def load_setup(args) -> Setup:
                               f"{len(x)} random slices")
     from glio_kit.gan.checkpoints import checkpoint_path, load_models
     from glio_kit.run.config import get_config
-    from glio_kit.data.preprocess import SliceCache
-    from glio_kit.run.runtime import RunDir
+    from glio_kit.data.slice_cache import SliceCache
+    from glio_kit.run.rundir import RunDir
     from glio_kit.detect.scoring import score_settings
 
     run = RunDir(args.run_dir, create=False)

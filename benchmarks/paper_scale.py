@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glio_kit.detect.mapping import map_iterative, mapping_loss  # noqa: E402
 from glio_kit.gan.model import build_models  # noqa: E402
-from glio_kit.run.runtime import choose_device  # noqa: E402
+from glio_kit.device import choose_device  # noqa: E402
 from glio_kit.gan.train import dcgan_step  # noqa: E402
 
 H, W, WIDTH, LATENT = 448, 364, 64, 100

@@ -23,7 +23,7 @@ CHILD = r"""
 import json, resource, sys
 from glio_kit.run.config import get_config
 from glio_kit.data.preprocess import prepare
-from glio_kit.run.runtime import RunDir
+from glio_kit.run.rundir import RunDir
 args = json.loads(sys.argv[1])
 cfg = get_config("demo", image_size=args["image_size"], n_slices=16)
 cache = prepare(RunDir(args["run"]), cfg, args["cohort"], progress=False)

@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glio_kit.run.config import TrainSettings, get_config, image_hw  # noqa: E402
 from glio_kit.gan.model import build_models  # noqa: E402
-from glio_kit.data.preprocess import SliceCache  # noqa: E402
-from glio_kit.run.runtime import RunDir, choose_device, seed_everything  # noqa: E402
+from glio_kit.data.slice_cache import SliceCache  # noqa: E402
+from glio_kit.run.rundir import RunDir  # noqa: E402
+from glio_kit.device import choose_device, seed_everything  # noqa: E402
 from glio_kit.gan.train import dcgan_step, precision, train_dcgan  # noqa: E402
 
 

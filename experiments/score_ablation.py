@@ -34,7 +34,7 @@ from glio_kit.detect.lesion_load import lesion_load_scores  # noqa: E402
 from glio_kit.evaluate.evaluation import scored_slices  # noqa: E402
 from glio_kit.evaluate.metrics import pixel_threshold_from_healthy, subject_metrics, threshold_at_fpr  # noqa: E402
 from glio_kit.run.config import EvaluateSettings  # noqa: E402
-from glio_kit.run.runtime import RunDir  # noqa: E402
+from glio_kit.run.rundir import RunDir  # noqa: E402
 
 
 def bright_lesion_load(data: ScoredSlices, settings) -> SubjectScores:

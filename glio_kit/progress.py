@@ -20,6 +20,11 @@ from contextlib import contextmanager
 PROGRESS_ENV = "GLIO_KIT_PROGRESS"
 
 
+def quiet() -> bool:
+    """Progress bars stay silent under pytest and when ``GLIO_KIT_QUIET=1``."""
+    return bool(os.environ.get("GLIO_KIT_QUIET") or os.environ.get("PYTEST_CURRENT_TEST"))
+
+
 def tqdm(iterable=None, *, total=None, desc: str = "", unit: str = "it", initial: int = 0,
          disable: bool = False, interval: float = 15.0, **kwargs):
     """``tqdm.auto.tqdm(...)``, or a :class:`LineBar` when ``$GLIO_KIT_PROGRESS`` is ``lines``.

@@ -323,7 +323,7 @@ def _brain(shape=(24, 28, 22), lesion=False, seed=1):
 ])
 def test_volume_the_kit_cannot_use(tmp_path, case, keywords):
     from glio_kit.run.config import get_config
-    from glio_kit.data.preprocess import preprocess_volume
+    from glio_kit.data.volumes import preprocess_volume
 
     t2, _ = _brain()
     rng = np.random.default_rng(0)
@@ -340,7 +340,7 @@ def test_volume_the_kit_cannot_use(tmp_path, case, keywords):
 
 def test_tumour_case_with_empty_segmentation(tmp_path):
     from glio_kit.run.config import get_config
-    from glio_kit.data.preprocess import preprocess_volume
+    from glio_kit.data.volumes import preprocess_volume
 
     t2, seg = _brain(lesion=True)
     subj = _subject(tmp_path, t2, "BraTS_1-T2.nii.gz", label=1, seg=np.zeros_like(seg))
@@ -352,8 +352,8 @@ def test_every_bad_volume_is_named_and_warnings_reach_the_cohort_summary(tmp_pat
     """build_cache reports all unusable volumes at once (no cache left behind); what the user may
     mean is kept: warnings in cache/warnings.csv and a column of the cohort summary."""
     from glio_kit.run.config import get_config
-    from glio_kit.figures.data import cohort_summary
-    from glio_kit.data.preprocess import build_cache
+    from glio_kit.data.slice_cache import cohort_summary
+    from glio_kit.data.slice_cache import build_cache
 
     settings = get_config("smoke").prep
     t2, seg = _brain(lesion=True)

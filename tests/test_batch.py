@@ -8,7 +8,7 @@ import yaml
 
 from glio_kit.run import batch as B
 from glio_kit.errors import GlioKitError
-from glio_kit.run.runtime import RunDir
+from glio_kit.run.rundir import RunDir
 from glio_kit.run.steps import by_notebook
 
 COMMON = {"profile", "run_dir", "seed", "device", "overwrite"}
@@ -84,7 +84,7 @@ def test_grid_expansion_and_names():
 
 
 def test_examples_are_valid_grids():
-    from glio_kit.run.runtime import project_root
+    from glio_kit.paths import project_root
 
     demo = B.load_grid(project_root() / "examples" / "grid.yaml")
     assert demo["profile"] == "demo" and len(B.plan_runs(demo)) == 6

@@ -49,7 +49,7 @@ def smoke_run(tmp_path_factory):
     from glio_kit.data import preprocess
     from glio_kit.detect import scoring
     from glio_kit.run.config import get_config
-    from glio_kit.run.runtime import RunDir
+    from glio_kit.run.rundir import RunDir
     from glio_kit.gan.train import train_dcgan
 
     root = tmp_path_factory.mktemp("browser")
@@ -73,7 +73,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(smoke_run, tmp_path_factory):
     """JupyterLab serving a copy of notebook 04, its kernels reading the smoke run; yields its URL."""
-    from glio_kit.run.runner import notebooks_dir
+    from glio_kit.paths import notebooks_dir
 
     home = tmp_path_factory.mktemp("lab")
     (home / "root").mkdir()

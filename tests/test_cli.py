@@ -88,7 +88,7 @@ def test_kernels_get_the_data_folder_of_the_working_directory(monkeypatch):
     import os
 
     from glio_kit.run.runner import _absolute_env
-    from glio_kit.run.runtime import default_data_dir
+    from glio_kit.paths import default_data_dir
 
     monkeypatch.delenv("GLIO_KIT_DATA", raising=False)
     with _absolute_env():

@@ -4,7 +4,7 @@ import pytest
 
 from glio_kit.run.config import SETTINGS, ScoreSettings, all_knobs, get_config, image_hw, profile_name
 from glio_kit.errors import RunFolderError
-from glio_kit.run.runtime import RunDir
+from glio_kit.run.rundir import RunDir
 
 
 def test_profiles_and_overrides(monkeypatch):

@@ -30,8 +30,8 @@ from test_train import make_run
 
 from glio_kit.gan import ddp as DDP
 from glio_kit.run.config import get_config
-from glio_kit.data.preprocess import SliceCache
-from glio_kit.run.runtime import RunDir
+from glio_kit.data.slice_cache import SliceCache
+from glio_kit.run.rundir import RunDir
 from glio_kit.gan.slice_batches import SliceBatches
 from glio_kit.gan.train import train_dcgan
 

@@ -139,7 +139,7 @@ def test_cluster_section_is_checked(tmp_path):
 
 
 def test_slurm_example_makes_a_gpu_job_script():
-    from glio_kit.run.runtime import project_root
+    from glio_kit.paths import project_root
 
     spec = B.load_grid(project_root() / "examples" / "grid_slurm.yaml")
     assert spec["profile"] == "paper" and len(B.plan_runs(spec)) == 6

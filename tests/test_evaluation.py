@@ -11,9 +11,9 @@ from glio_kit.evaluate import metrics as M
 from glio_kit.detect.baseline import intensity_baseline
 from glio_kit.run.config import EvaluateSettings, ScoreSettings
 from glio_kit.errors import GlioKitError, RunFolderError
-from glio_kit.data.preprocess import SliceCache
+from glio_kit.data.slice_cache import SliceCache
 from glio_kit.detect.residuals import residual_map
-from glio_kit.run.runtime import RunDir
+from glio_kit.run.rundir import RunDir
 
 
 # ------------------------------------------------------------------ tiny cache helper

@@ -3,9 +3,10 @@ import pytest
 
 from glio_kit.run.config import get_config
 from glio_kit.errors import RunFolderError
-from glio_kit.data.preprocess import (SliceCache, axial_view, brain_mask, normalise, prepare, slab_indices,
-                                 to_generator_range)
-from glio_kit.run.runtime import RunDir
+from glio_kit.data.slice_cache import SliceCache
+from glio_kit.data.volumes import axial_view, brain_mask, normalise, slab_indices, to_generator_range
+from glio_kit.data.preprocess import prepare
+from glio_kit.run.rundir import RunDir
 from conftest import ellipsoid_brain
 
 

@@ -27,7 +27,7 @@ from glio_kit.run.config import get_config
 from glio_kit.errors import GlioKitError, RunFolderError
 from glio_kit.run.kernels import TrackedKernelManager
 from glio_kit.data.preprocess import cohort_folders
-from glio_kit.run.runtime import RunDir
+from glio_kit.run.rundir import RunDir
 from glio_kit.run.steps import STEPS, by_notebook
 
 NOTEBOOKS = [s.notebook for s in STEPS]
@@ -348,7 +348,8 @@ def test_damaged_loss_log_is_named_and_written_atomically(tmp_path):
 @pytest.mark.parametrize("name", ["images.npy", "index.csv", "prep.json"])
 def test_damaged_slice_cache_is_named(tmp_path, tiny_cohort, name):
     from glio_kit.data.cohort import discover
-    from glio_kit.data.preprocess import SliceCache, assign_splits, build_cache
+    from glio_kit.data.slice_cache import SliceCache, build_cache
+    from glio_kit.data.preprocess import assign_splits
 
     settings = get_config("smoke").prep
     subjects = assign_splits(*(discover(tiny_cohort[k]) for k in ("train_healthy", "test_healthy",

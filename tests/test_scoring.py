@@ -18,9 +18,9 @@ from glio_kit.run.config import ScoreSettings, get_config  # noqa: E402
 from glio_kit.errors import RunFolderError  # noqa: E402
 from glio_kit.figures import scoring as F  # noqa: E402
 from glio_kit.detect.mapping import load_encoder  # noqa: E402
-from glio_kit.data.preprocess import SliceCache  # noqa: E402
+from glio_kit.data.slice_cache import SliceCache  # noqa: E402
 from glio_kit.detect.residuals import residual_map  # noqa: E402
-from glio_kit.run.runtime import RunDir  # noqa: E402
+from glio_kit.run.rundir import RunDir  # noqa: E402
 from glio_kit.detect import scoring as S  # noqa: E402
 
 SIZE = (16, 16)

@@ -16,8 +16,8 @@ from glio_kit.gan import train as T
 from glio_kit.run.config import get_config
 from glio_kit.errors import RunFolderError
 from glio_kit.gan.model import build_models
-from glio_kit.data.preprocess import SliceCache
-from glio_kit.run.runtime import RunDir
+from glio_kit.data.slice_cache import SliceCache
+from glio_kit.run.rundir import RunDir
 from glio_kit.gan.samples import fixed_samples, read_grid
 from glio_kit.gan.slice_batches import SliceBatches
 

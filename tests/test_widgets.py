@@ -10,7 +10,7 @@ from glio_kit.run.config import get_config
 from glio_kit.figures import residuals as figures
 from glio_kit.data.preprocess import prepare
 from glio_kit.detect.residuals import residual_map
-from glio_kit.run.runtime import RunDir
+from glio_kit.run.rundir import RunDir
 from glio_kit.figures import widgets
 
 MAPS = dict(median_filter=0, erode=0)  # the residual maps' settings of the stand-in scoring

@@ -57,7 +57,7 @@ from ..gan.checkpoints import load_checkpoint
 from ..run.config import ScoreSettings
 from ..errors import InputError, RunFolderError
 from ..gan.model import fit_input, strided_conv_stack
-from ..run.runtime import quiet
+from ..progress import quiet
 
 __all__ = ["MappingResult", "map_iterative", "map_slices", "mapping_loss", "anomaly_score", "frozen",
            "initial_latents", "Encoder", "train_encoder", "load_encoder", "encode", "encoder_identity",

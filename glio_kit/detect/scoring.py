@@ -44,7 +44,8 @@ from ..errors import RunFolderError
 from .detectors import reduce_subjects
 from .mapping import ScoreScaling, anomaly_score, fit_scaling, initial_latents, map_slices, train_encoder
 from .residuals import residual_map
-from ..run.runtime import choose_device, quiet
+from ..device import choose_device
+from ..progress import quiet
 
 __all__ = ["score_run", "reduce_subjects", "load_slice_scores", "load_subject_scores", "load_reconstructions",
            "load_residual_maps", "load_mapping_history", "score_settings", "GROUPS", "RESIDUAL_FILES"]
@@ -144,7 +145,7 @@ def score_run(run, cache, settings: ScoreSettings, overwrite: bool = False,
               progress: bool = True) -> pd.DataFrame:
     """Map and score the ``val`` and ``test`` slices of ``cache`` with the run's DCGAN.
 
-    run : :class:`~glio_kit.run.runtime.RunDir` whose ``prep`` and ``train`` steps are done.
+    run : :class:`~glio_kit.run.rundir.RunDir` whose ``prep`` and ``train`` steps are done.
     cache : the run's :class:`~glio_kit.data.preprocess.SliceCache`.
     settings : :class:`~glio_kit.run.config.ScoreSettings` (``get_config(...).score``): the mapping
         (``mapping``, ``mapping_steps``, ``mapping_lr``, ``mapping_batch_size``, ``lam``,

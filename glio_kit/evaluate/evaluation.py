@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.preprocess import SliceCache
+from ..data.slice_cache import SliceCache
 from ..detect import detectors as D
 from ..detect.detectors import ScoredSlices, residual_settings
 from ..detect.scoring import load_residual_maps, load_slice_scores, load_subject_scores, score_settings
 from ..errors import GlioKitError, RunFolderError
 from ..run.config import EvaluateSettings, ScoreSettings
-from ..run.runtime import RunDir
 from .markdown import metrics_markdown
 from .metrics import (METRIC_NAMES, best_dice_upper_bound, bootstrap_ci, pixel_metrics,
                       pixel_threshold_from_healthy, roc, subject_metrics, threshold_at_fpr)
@@ -61,8 +60,8 @@ def evaluate_run(run, settings: EvaluateSettings, overwrite: bool = False) -> di
 
     Parameters
     ----------
-    run : RunDir or path
-        A run folder whose ``score`` step is done.
+    run : RunDir
+        A run folder (:class:`glio_kit.run.rundir.RunDir`) whose ``score`` step is done.
     settings : EvaluateSettings
         ``fpr_target`` (subject thresholds), ``pixel_percentile`` (pixel thresholds),
         ``n_bootstrap`` and ``seed`` (the CIs), ``lesion_min_size``, ``recommended_score``.
@@ -77,7 +76,6 @@ def evaluate_run(run, settings: EvaluateSettings, overwrite: bool = False) -> di
         What is written to ``metrics.json`` (read back when this exact evaluation is done).
         Also writes ``metrics.md`` and ``detectors/``.
     """
-    run = run if isinstance(run, RunDir) else RunDir(run)
     if run.claim_step("metrics", settings, overwrite=overwrite) and (run / "metrics.json").exists():
         return json.loads((run / "metrics.json").read_text())
 
@@ -134,7 +132,7 @@ def _params(settings: EvaluateSettings, score: ScoreSettings) -> dict:
                 lesion_min_size=int(settings.lesion_min_size), recommended_score=settings.recommended_score)
 
 
-def _write_detector_scores(run: RunDir, scores: dict) -> None:
+def _write_detector_scores(run, scores: dict) -> None:
     """``detectors/subject_scores.csv`` (``subject, label, split`` and one column per detector,
     validation and test subjects) and ``detectors/<name>_slice_scores.csv`` where a detector
     has slice scores."""

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
 from ..data.io import load_volume
-from ..data.preprocess import brain_mask, normalise
+from ..data.volumes import brain_mask, normalise
 from .style import show_slice
 
 
@@ -79,20 +78,3 @@ def intensity_histograms(cache, n_subjects: int = 3, seed: int = 0, method: str 
     a0.legend(fontsize=6)
     fig.tight_layout()
     return fig
-
-
-def cohort_summary(cache) -> pd.DataFrame:
-    """Subjects and slices per split and label, with lesion burden (pixels in the cache) and the
-    number of warnings of the volume checks (``cache.warnings`` lists them, subject by subject)."""
-    subj = cache.subjects()
-    subj["group"] = subj.split + np.where(subj.label == 1, " / tumour", " / healthy")
-    tab = subj.groupby("group").agg(subjects=("subject", "size"), slices=("n_slices", "sum"),
-                                    lesion_pixels_mean=("lesion_pixels", "mean"))
-    slices = cache.index.groupby(cache.index.split
-                                 + np.where(cache.index.label == 1, " / tumour", " / healthy"))
-    tab["slices_with_lesion"] = slices["lesion_pixels"].apply(lambda v: int((v > 0).sum()))
-    warn = getattr(cache, "warnings", None)
-    if warn is not None:
-        groups = warn.split + np.where(warn.label == 1, " / tumour", " / healthy")
-        tab["warnings"] = groups.value_counts().reindex(tab.index, fill_value=0).astype(int)
-    return tab.round(1)

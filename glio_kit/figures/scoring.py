@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..gan.checkpoints import load_models
 from ..detect.mapping import initial_latents, load_encoder, map_slices
-from ..run.runtime import choose_device
+from ..device import choose_device
 from ..detect.scoring import (GROUPS, load_mapping_history, load_residual_maps, load_slice_scores,
                        load_subject_scores, score_settings)
 from .style import GREY, GROUP_COLOURS, RESIDUAL, bare, show_slice

@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 
 from ..run.config import RESIDUAL_KINDS
-from .residuals import OVERLAYS, draw_slice_panels
-from ..data.preprocess import SliceCache
+from .residuals import OVERLAYS, draw_slice_panels, figure_input_generated_difference
+from ..data.slice_cache import SliceCache
 from ..detect.scoring import (load_reconstructions, load_residual_maps, load_slice_scores,
-                              load_subject_scores,
-                      score_settings)
+                              load_subject_scores, score_settings)
 
-__all__ = ["ResidualViewer", "BrowserState", "browser", "OVERLAYS"]
+__all__ = ["ResidualViewer", "BrowserState", "browser", "residual_figures", "OVERLAYS"]
 
 
 class ResidualViewer:
@@ -221,3 +220,58 @@ def browser(viewer: ResidualViewer, split: str = "test", threshold: float = 0.2)
                   f"overlay {state.overlay}")
     ui.controls = dict(subject=w_subject, slice=w_slice, overlay=w_overlay, threshold=w_thr, output=out)
     return ui, state
+
+
+# -------------------------------------------------------------------------- the step
+@dataclass
+class ResidualFigures:
+    """What step 04 drew: the viewer, the two subjects of Figures 4 and 5, and the figures
+    (``name -> matplotlib Figure``, each saved as ``figures/<name>.png``)."""
+
+    viewer: ResidualViewer
+    healthy: str
+    tumour: str
+    figures: dict
+
+
+def median_subject(viewer: ResidualViewer, label: int) -> str:
+    """The test subject of ``label`` (0 healthy, 1 tumour) with the median subject score."""
+    test = viewer.subject_scores[viewer.subject_scores.split == "test"].sort_values("score")
+    names = test[test.label == label].subject.tolist()
+    if not names:
+        raise KeyError(f"no {'tumour' if label else 'healthy'} test subject in {viewer.run.path}")
+    return names[len(names) // 2]
+
+
+def residual_figures(run, settings) -> ResidualFigures:
+    """Step 04: the paper's Figures 4 and 5 and a snapshot of the browser, saved; the step's record.
+
+    Parameters
+    ----------
+    run : RunDir
+        A run folder whose ``score`` step is done.
+    settings : ViewSettings
+        ``subject_healthy`` / ``subject_tumor`` (empty: the test subject with the median score),
+        ``n_figure_slices``.
+
+    Returns
+    -------
+    ResidualFigures
+        Figures ``04_figure4_healthy``, ``04_figure5_tumour`` and ``04_browser_snapshot``.
+    """
+    # figures only, redrawn on every run: a newer scoring simply replaces this step's record
+    run.claim_step("residuals", settings, overwrite=True)
+    viewer = ResidualViewer(run)
+    healthy = settings.subject_healthy or median_subject(viewer, 0)
+    tumour = settings.subject_tumor or median_subject(viewer, 1)
+    figures = {
+        "04_figure4_healthy": figure_input_generated_difference(viewer, healthy, settings.n_figure_slices),
+        "04_figure5_tumour": figure_input_generated_difference(viewer, tumour, settings.n_figure_slices),
+        "04_browser_snapshot": viewer.draw(tumour, viewer.default_slice(tumour), overlay="both",
+                                           threshold=0.2)["fig"],
+    }
+    for name, fig in figures.items():
+        run.save_figure(fig, name)
+        plt.close(fig)  # shown where the notebook asks for it, not all at once here
+    run.mark_done("residuals", healthy=healthy, tumour=tumour)
+    return ResidualFigures(viewer, healthy, tumour, figures)

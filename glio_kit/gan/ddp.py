@@ -43,7 +43,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoints import checkpoint_path, make_checkpoint, rng_state, save_checkpoint
 from ..run.config import TrainSettings
 from ..errors import GlioKitError
-from ..run.runtime import choose_device, quiet, seed_everything
+from ..device import choose_device, seed_everything
+from ..progress import quiet
 from .samples import GRID_NROW, SAMPLES, fixed_samples, save_grid, save_real_grid
 from .slice_batches import SliceBatches
 from .train import (BCE, GAN, EpochStats, _cudnn_autotuner, _log_epoch, _result, _show_stats,
@@ -325,8 +326,8 @@ def main(argv=None) -> int:
     """``torchrun --nproc_per_node N -m glio_kit.gan.ddp --run-dir RUN [--profile P] [-p name=value]``."""
     from ..run.cli import parse_assignments
     from ..run.config import get_config
-    from ..data.preprocess import SliceCache
-    from ..run.runtime import RunDir
+    from ..data.slice_cache import SliceCache
+    from ..run.rundir import RunDir
 
     p = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m glio_kit.gan.ddp", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from ..run.config import TrainSettings
-from ..run.runtime import choose_device, quiet, seed_everything
+from ..device import choose_device, seed_everything
+from ..progress import quiet
 from .samples import fixed_samples
 from .slice_batches import SliceBatches
 from .train import build_gan, fixed_latents, precision, random_streams, train_epoch, training_rows

@@ -178,7 +178,7 @@ def weights_init(m: nn.Module) -> None:
 def build_models(latent_dim: int, ngf: int, ndf: int, image_size) -> tuple[Generator, Discriminator]:
     """Generator and discriminator for ``image_size`` (int or (H, W)), DCGAN-initialised, on the CPU.
 
-    The weights come from the global torch RNG (seed it first; :func:`~glio_kit.run.runtime.seed_everything`),
+    The weights come from the global torch RNG (seed it first; :func:`~glio_kit.device.seed_everything`),
     always drawn on the CPU, so the same seed gives the same initial weights on every device;
     move the models afterwards.
     """

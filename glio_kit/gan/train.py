@@ -36,7 +36,8 @@ from ..atomic import atomic_path
 from ..run.config import TrainSettings
 from ..errors import InputError, RunFolderError
 from .model import build_models
-from ..run.runtime import choose_device, quiet, seed_everything
+from ..device import choose_device, seed_everything
+from ..progress import quiet
 from .samples import GRID_NROW, N_SAMPLES, SAMPLES, fixed_samples, save_grid, save_real_grid
 from .slice_batches import SliceBatches
 
@@ -370,7 +371,7 @@ def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progre
                 overwrite: bool = False, data_mode: str = "auto") -> dict:
     """Train the DCGAN on the healthy ``train`` slices of ``cache``; outputs in ``<run>/train/``.
 
-    run : :class:`~glio_kit.run.runtime.RunDir` whose ``prep`` step is done.
+    run : :class:`~glio_kit.run.rundir.RunDir` whose ``prep`` step is done.
     cache : the run's :class:`~glio_kit.data.preprocess.SliceCache` (``images`` (N, H, W) in [-1, 1],
         ``rows(split=...)``).
     settings : :class:`~glio_kit.run.config.TrainSettings`.

@@ -53,7 +53,7 @@ from .batch_summary import error_line as _error_line
 from ..atomic import write_text
 from .batch_summary import summarise, value_str
 from ..errors import GlioKitError
-from .runtime import RUN_MARKER, RunDir, params_digest
+from .rundir import RUN_MARKER, RunDir, params_digest
 from .steps import PREFIX_STEPS, STEPS, step
 
 #: The notebooks whose work is shared between runs with equal parameters for them.

@@ -9,10 +9,9 @@ import argparse
 import os
 import sys
 
-import yaml
-
 from .. import __version__
-from .config import DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SMOKE_NOTE, get_config, profile_name
+from .config import (DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SMOKE_NOTE, get_config, parse_assignments,
+                     profile_name)
 from ..errors import GlioKitError
 
 HELP = """Teach and reproduce unsupervised glioma detection with a DCGAN (glio-kit).
@@ -49,19 +48,8 @@ def chosen_profile(given: str | None) -> str:
     return name
 
 
-def parse_assignments(items: list[str]) -> dict:
-    """``["lam=0.1", "image_size=[64,64]"]`` -> ``{"lam": 0.1, "image_size": [64, 64]}`` (YAML values)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise GlioKitError(f"-p expects name=value, got {item!r}")
-        name, value = item.split("=", 1)
-        out[name.strip()] = yaml.safe_load(value)
-    return out
-
-
 def cmd_synth(args) -> int:
-    from ..data.synth import make_cohort
+    from ..data.synth import make_cohort  # slow import (torch, papermill, dask): only when the command runs
 
     # the profile's synth_* settings, with what the command line gives on top
     given = dict(synth_train_healthy=args.n_train_healthy, synth_test_healthy=args.n_test_healthy,
@@ -77,7 +65,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runner import run_chain
+    from .runner import run_chain  # slow import (torch, papermill, dask): only when the command runs
 
     params = parse_assignments(args.param)
     for key, val in (("train_healthy_dir", args.train_healthy), ("test_healthy_dir", args.test_healthy),
@@ -88,26 +76,26 @@ def cmd_run(args) -> int:
                        force=args.force)
     for r in report:
         print(f"{r['notebook']}: {r['status']} ({r['seconds']} s)")
-    from .runtime import RunDir
+    from .rundir import RunDir  # slow import (torch, papermill, dask): only when the command runs
 
     summary = RunDir(args.run_dir).path / "metrics.md"
     if summary.exists():
         print(summary.read_text())
-    from .report import write_report
+    from .report import write_report  # slow import (torch, papermill, dask): only when the command runs
 
     print(f"[glio-kit] report (one page, opens offline): {write_report(args.run_dir)}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report import write_report  # slow import (torch, papermill, dask): only when the command runs
 
     print(f"{write_report(args.run_dir, args.out)}")
     return 0
 
 
 def cmd_batch(args) -> int:
-    from .batch import run_batch
+    from .batch import run_batch  # slow import (torch, papermill, dask): only when the command runs
 
     table = run_batch(args.grid, workers=args.workers, force=args.force)
     counts = table["status"].value_counts().to_dict() if "status" in table else {}
@@ -126,7 +114,7 @@ def cmd_batch(args) -> int:
 
 
 def cmd_notebooks(args) -> int:
-    from .runner import copy_notebooks
+    from .runner import copy_notebooks  # slow import (torch, papermill, dask): only when the command runs
 
     copied, kept = copy_notebooks(args.dest)
     for path in copied:

@@ -24,6 +24,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 
+import yaml
+
+from ..errors import GlioKitError
+
 PROFILE_ENV = "GLIO_KIT_PROFILE"
 DEFAULT_PROFILE = "demo"
 #: Said wherever smoke results show (notebooks, the CLI, batch summaries, the run report).
@@ -347,3 +351,25 @@ def image_hw(size) -> list[int]:
     if len(size) != 2 or min(size) < 8:
         raise ValueError(f"image_size must be an int or [height, width] of at least 8, got {size}")
     return size
+
+
+def parse_assignments(items: list[str]) -> dict:
+    """Knob assignments as the command line gives them (``-p name=value``).
+
+    Parameters
+    ----------
+    items : list of str
+        ``["lam=0.1", "image_size=[64,64]"]``; each value is read as YAML.
+
+    Returns
+    -------
+    dict
+        ``{"lam": 0.1, "image_size": [64, 64]}``.
+    """
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise GlioKitError(f"-p expects name=value, got {item!r}")
+        name, value = item.split("=", 1)
+        out[name.strip()] = yaml.safe_load(value)
+    return out

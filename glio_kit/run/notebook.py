@@ -10,15 +10,40 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 
+import torch
+
+from .. import __version__
 from .config import SMOKE_NOTE, get_config
-from .runtime import RunDir, default_run_dir, header, seed_everything
+from ..device import choose_device, seed_everything
+from ..paths import default_run_dir, notebooks_dir
+from .rundir import RunDir
 from .steps import STEPS, step as get_step
 
 PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
 #: Versions and device of each notebook of a run (:func:`record_environment`).
 ENVIRONMENT = "environment.json"
+
+
+def header(step: str, settings) -> dict:
+    """Print the line every notebook starts with: step, kit version, device, profile.
+
+    settings : the step's settings (:mod:`glio_kit.run.config`): ``device``, ``profile``, ``seed``.
+    """
+    device = choose_device(settings.device)
+    info = dict(
+        step=step,
+        glio_kit=__version__,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        device=str(device),
+        profile=settings.profile,
+        seed=settings.seed,
+    )
+    print(" | ".join(f"{k}: {v}" for k, v in info.items()))
+    return info
 
 
 def _literal(v) -> str:
@@ -55,8 +80,6 @@ def sync_notebooks(folder=None, check: bool = False) -> list[str]:
 
     Returns the notebook files that were (or would be) changed.
     """
-    from .runner import notebooks_dir
-
     folder = Path(folder) if folder else notebooks_dir()
     changed = []
     for st in STEPS:

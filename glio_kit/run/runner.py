@@ -18,21 +18,10 @@ from ..errors import GlioKitError
 from .kernels import TrackedKernelManager, stop_kernels_on_signals
 from .notebook import freeze_widgets
 from ..progress import terminal_progress
-from .runtime import RunDir, default_data_dir
+from .rundir import RunDir
+from ..paths import default_data_dir, notebooks_dir
 from .step_plan import force_step, plan_chain
 from .steps import STEPS, all_parameters, by_notebook, step
-
-
-def notebooks_dir() -> Path:
-    """The chain's notebooks: ``notebooks/`` of the checkout the kit is installed from (an
-    editable install), else the copies shipped inside the package (``glio_kit/notebooks``)."""
-    here = Path(__file__).resolve().parents[1]  # glio_kit/
-    checkout = here.parent / "notebooks" if (here.parent / "pyproject.toml").exists() else None
-    for d in (checkout, here / "notebooks"):
-        if d is not None and d.is_dir():
-            return d
-    raise GlioKitError(f"no notebooks found in {checkout or here / 'notebooks'}; the installation is "
-                       f"incomplete: reinstall glio-kit (pip install --force-reinstall glio-kit)")
 
 
 def copy_notebooks(dest) -> tuple[list[Path], list[Path]]:

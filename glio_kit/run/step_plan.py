@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .config import all_knobs, get_config
 from ..errors import GlioKitError, RunFolderError
-from .runtime import RunDir, param_changes, plain, step_digest
+from .rundir import RunDir, param_changes, plain, step_digest
 from .steps import STEPS, step as get_step
 
 __all__ = ["StepPlan", "force_step", "plan_chain", "would_be_params"]
@@ -159,15 +159,9 @@ def _decide(run: RunDir, st, rec: dict | None, now: dict, reran: set, out) -> St
         return StepPlan(name, nb, "run", "replaces an unfinished attempt", overwrite=True)
     if rec.get("status") != "done":
         return StepPlan(name, nb, "run", f"retry (last attempt {rec.get('status')})")
-    if not (out / nb).exists() or not all((run.path / p).exists() for p in _products(name)):
+    if not (out / nb).exists() or not all((run.path / p).exists() for p in get_step(name).products):
         return StepPlan(name, nb, "run", "done, but its outputs are missing")
     return StepPlan(name, nb, "skip", "done earlier with the same settings")
-
-
-def _products(name: str) -> tuple:
-    from .runtime import STEP_PRODUCTS
-
-    return STEP_PRODUCTS.get(name, ())
 
 
 def _upstream_changes(run: RunDir, st, rec: dict, now: dict) -> list[str]:

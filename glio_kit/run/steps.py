@@ -36,6 +36,9 @@ class Step:
     settings : the step's settings class; its fields are the notebook's knobs.
     reads : the steps whose outputs it reads (their records are part of its identity).
     writes : what it writes into the run folder.
+    products : what of that is worth keeping: a record whose step is not done (failed,
+        interrupted) may be replaced by one with other parameters only when none of these exist
+        (a failed attempt that produced nothing never blocks a retry).
     parameters : notebook parameters that are not knobs, ``name -> (default, help)``.
     """
 
@@ -45,6 +48,7 @@ class Step:
     settings: type[StepSettings]
     reads: tuple[str, ...]
     writes: tuple[str, ...]
+    products: tuple[str, ...]
     parameters: dict = field(default_factory=dict)
 
     def parameter_names(self) -> tuple[str, ...]:
@@ -54,17 +58,20 @@ class Step:
 
 STEPS: tuple[Step, ...] = (
     Step("prep", "01_data_prep.ipynb", "glio_kit.data.preprocess:prepare", PrepSettings, (),
-         ("cache/", "cohort_summary.csv"), {**COMMON_PARAMETERS, **COHORT_PARAMETERS, **OVERWRITE}),
+         ("cache/", "cohort_summary.csv"), ("cache",),
+         {**COMMON_PARAMETERS, **COHORT_PARAMETERS, **OVERWRITE}),
     Step("train", "02_train_dcgan.ipynb", "glio_kit.gan.train:train_dcgan", TrainSettings, ("prep",),
-         ("train/",), {**COMMON_PARAMETERS, **OVERWRITE}),
+         ("train/",), ("train/checkpoints/last.pt",), {**COMMON_PARAMETERS, **OVERWRITE}),
     Step("score", "03_scoring.ipynb", "glio_kit.detect.scoring:score_run", ScoreSettings, ("prep", "train"),
-         ("score/", "subjects.csv"), {**COMMON_PARAMETERS, **OVERWRITE}),
-    Step("residuals", "04_residuals.ipynb", "glio_kit.figures.widgets:ResidualViewer", ViewSettings,
+         ("score/", "encoder/", "subjects.csv"), ("score/slice_scores.csv",),
+         {**COMMON_PARAMETERS, **OVERWRITE}),
+    Step("residuals", "04_residuals.ipynb", "glio_kit.figures.widgets:residual_figures", ViewSettings,
          ("score",),
-         ("figures/04_*.png",), dict(COMMON_PARAMETERS)),
+         ("figures/04_*.png",), (), dict(COMMON_PARAMETERS)),
     Step("metrics", "05_metrics.ipynb", "glio_kit.evaluate.evaluation:evaluate_run", EvaluateSettings,
          ("score",),
-         ("metrics.json", "metrics.md", "detectors/"), {**COMMON_PARAMETERS, **OVERWRITE}),
+         ("metrics.json", "metrics.md", "detectors/"), ("metrics.json",),
+         {**COMMON_PARAMETERS, **OVERWRITE}),
 )
 
 #: The steps whose outputs runs of a batch share when their settings are equal.

@@ -1,7 +1,6 @@
-"""Device, seeds, paths, the notebook header and the run folder.
+"""The run folder: where every step writes and the next step reads.
 
-The run folder is where every step writes and the next step reads, so any notebook can
-be rerun alone and a papermill batch can start at any step. Each step records the
+Any notebook can be rerun alone and a papermill batch can start at any step. Each step records the
 parameters it ran with in ``steps/<step>.json``; a second run with other parameters into the
 same folder stops instead of silently mixing two runs.
 """
@@ -9,92 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
-import random
 import shutil
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
 from ..atomic import atomic_path, write_text
 from ..errors import RunFolderError
+from .steps import step as get_step
 
 RUN_MARKER = "run.json"
-
-
-# ----------------------------------------------------------------------------- paths
-def project_root() -> Path:
-    """The repository checkout when the kit is installed from one, else the working dir."""
-    here = Path(__file__).resolve().parents[2]  # glio_kit/run/runtime.py -> the checkout
-    return here if (here / "pyproject.toml").exists() else Path.cwd()
-
-
-def default_data_dir() -> Path:
-    """Where generated cohorts land: ``$GLIO_KIT_DATA`` or ``<repo>/data``."""
-    env = os.environ.get("GLIO_KIT_DATA")
-    return Path(env) if env else project_root() / "data"
-
-
-def default_run_dir(profile: str) -> Path:
-    """``<repo>/runs/<profile>`` unless the notebook parameter ``run_dir`` says otherwise."""
-    return project_root() / "runs" / profile
-
-
-# ---------------------------------------------------------------------- device, seeds
-def choose_device(preference: str = "auto"):
-    """``"auto"`` picks cuda, then mps, then cpu; anything else is passed to ``torch.device``."""
-    import torch
-
-    if preference and preference != "auto":
-        dev = torch.device(preference)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device={preference!r} asked for but CUDA is not available; "
-                               f"use 'auto' or 'cpu'")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch from one number, so a run can be repeated."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def header(step: str, settings) -> dict:
-    """Print the line every notebook starts with: step, kit version, device, profile.
-
-    settings : the step's settings (:mod:`glio_kit.run.config`): ``device``, ``profile``, ``seed``.
-    """
-    import torch
-
-    device = choose_device(settings.device)
-    info = dict(
-        step=step,
-        glio_kit=__version__,
-        torch=torch.__version__,
-        python=platform.python_version(),
-        device=str(device),
-        profile=settings.profile,
-        seed=settings.seed,
-    )
-    print(" | ".join(f"{k}: {v}" for k, v in info.items()))
-    return info
-
-
-def quiet() -> bool:
-    """Progress bars stay silent under pytest and when ``GLIO_KIT_QUIET=1``."""
-    return bool(os.environ.get("GLIO_KIT_QUIET") or os.environ.get("PYTEST_CURRENT_TEST"))
 
 
 # -------------------------------------------------------------------------- run folder
@@ -116,19 +39,6 @@ def step_digest(params: dict, upstream: dict) -> str:
 def plain(value):
     """``value`` as plain JSON values (tuples become lists, paths strings)."""
     return json.loads(json.dumps(value, default=str))
-
-
-#: What a step leaves in the run folder that is worth keeping: a record whose step is not done
-#: (failed, interrupted) may be replaced by one with other parameters only when none of these
-#: exist (a failed attempt that produced nothing never blocks a retry).
-STEP_PRODUCTS = {
-    "prep": ("cache",),
-    "train": ("train/checkpoints/last.pt",),
-    "encoder": ("encoder/encoder.pt",),
-    "score": ("score/slice_scores.csv",),
-    "residuals": (),
-    "metrics": ("metrics.json",),
-}
 
 
 def param_changes(old: dict, params: dict) -> list[str]:
@@ -208,8 +118,8 @@ class RunDir:
         return bool(rec and rec.get("status") == "done")
 
     def has_products(self, step: str) -> bool:
-        """True when any of the step's :data:`STEP_PRODUCTS` exists in the run folder."""
-        return any((self.path / p).exists() for p in STEP_PRODUCTS.get(step, ()))
+        """True when any of the step's ``products`` (:mod:`glio_kit.run.steps`) exists in the run folder."""
+        return any((self.path / p).exists() for p in get_step(step).products)
 
     def upstream_of(self, step: str, after: tuple[str, ...]) -> tuple[dict, dict]:
         """``(digests, attempts)`` of the done records of ``after``; a step not done raises."""
@@ -234,7 +144,7 @@ class RunDir:
         other values, or at all) invalidates the later ones. A done record with different
         parameters, or one made before an earlier step was redone, raises
         :class:`RunFolderError` unless ``overwrite``; so does an unfinished record with other
-        parameters whose step left products (:data:`STEP_PRODUCTS`). An unfinished record
+        parameters whose step left products (the table of steps' ``products``). An unfinished record
         with the same parameters is a retry.
         """
         params = plain(params)
@@ -270,8 +180,6 @@ class RunDir:
         """:meth:`claim` for a step of the chain (:mod:`glio_kit.run.steps`): its identity is
         ``settings.identity()`` plus ``extra`` (e.g. input folders); the steps it reads come
         from the table of steps; every knob is recorded under ``settings``."""
-        from .steps import step as get_step
-
         params = dict(settings.identity(), **(extra or {}))
         return self.claim(step, params, after=get_step(step).reads, overwrite=overwrite,
                           settings=settings.as_dict())
