@@ -88,14 +88,16 @@ def cmd_run(args) -> int:
                        force=args.force)
     for r in report:
         print(f"{r['notebook']}: {r['status']} ({r['seconds']} s)")
+    from .lock import run_lock
     from .runtime import RunDir
 
-    summary = RunDir(args.run_dir).path / "metrics.md"
-    if summary.exists():
-        print(summary.read_text())
-    from .report import write_report
+    with run_lock(args.run_dir):  # the report reads the folder: no other run may write it meanwhile
+        summary = RunDir(args.run_dir).path / "metrics.md"
+        if summary.exists():
+            print(summary.read_text())
+        from .report import write_report
 
-    print(f"[glio-kit] report (one page, opens offline): {write_report(args.run_dir)}")
+        print(f"[glio-kit] report (one page, opens offline): {write_report(args.run_dir)}")
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import GlioKitError
 from .kernels import TrackedKernelManager, stop_kernels_on_signals
+from .lock import run_lock
 from .notebook import freeze_widgets
 from ..progress import terminal_progress
 from .runtime import RunDir, default_data_dir
@@ -148,13 +149,22 @@ def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list
     :class:`~glio_kit.errors.RunFolderError` naming each changed value. A notebook that fails
     or is interrupted (Ctrl-C, SIGTERM: its kernel is stopped too) leaves its step marked
     failed, never done.
+    The run holds the folder's lock (:func:`glio_kit.run.lock.run_lock`) from before it touches
+    the folder to its end, its kernels included: a folder in use by another run or by a
+    notebook's kernel stops it at once with :class:`~glio_kit.run.lock.FolderInUse`.
     Returns one dict per notebook: name, status ("ran" | "skipped"), seconds.
     """
     params = resolve_paths(dict(params or {}))
     check_parameters(params)
     # the notebooks first: an incomplete installation leaves no half-made run folder behind
     nbs = available_notebooks() if not notebooks else [notebooks_dir() / n for n in notebooks]
-    run = RunDir(run_dir)
+    with run_lock(run_dir):
+        return _run_locked(RunDir(run_dir), profile, params, nbs, force, log_output, progress)
+
+
+def _run_locked(run: RunDir, profile: str, params: dict, nbs: list[Path], force, log_output: bool,
+                progress: bool) -> list[dict]:
+    """:func:`run_chain` once the run folder's lock is held."""
     out_dir = run.path / "notebooks"
     try:
         selected = [by_notebook(nb.name).name for nb in nbs]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import RunFolderError
+from ...filelock import exclusive
 from .subject import synth_subject
 
 __all__ = ["make_cohort", "SYNTH_VERSION"]
@@ -368,12 +369,20 @@ def make_cohort(out_dir, n_train_healthy=60, n_test_healthy=27, n_test_tumor=27,
     params = _params(n_train_healthy, n_test_healthy, n_test_tumor, seed, voxel_size,
                      wmh_fraction)
     paths = {**{g: root / g for g in GROUPS}, "root": root}
-    existing = _existing_cohort(root, params, overwrite)
-    if existing == "same":
+    if _existing_cohort(root, params, overwrite) == "same":
         return paths
-
-    plan = _subject_plan(n_train_healthy, n_test_healthy, n_test_tumor, seed, wmh_fraction)
     root.parent.mkdir(parents=True, exist_ok=True)
+    # one writer at a time (a sibling lock file): a cohort another process writes is waited for, then reused
+    with exclusive(root.parent / f".{root.name}.lock", f"the synthetic cohort {root}"):
+        existing = _existing_cohort(root, params, overwrite)
+        if existing != "same":
+            plan = _subject_plan(n_train_healthy, n_test_healthy, n_test_tumor, seed, wmh_fraction)
+            _write_cohort(root, params, plan, existing, workers, progress)
+    return paths
+
+
+def _write_cohort(root: Path, params: dict, plan: list, existing: str, workers, progress: bool) -> None:
+    """Write the cohort into a sibling temporary folder renamed to ``root``: never seen half-written."""
     tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -388,4 +397,3 @@ def make_cohort(out_dir, n_train_healthy=60, n_test_healthy=27, n_test_tumor=27,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return paths
