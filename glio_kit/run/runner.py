@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,14 +123,19 @@ def kernel_options() -> dict:
     """How papermill talks to the kernels: on POSIX over socket files in Jupyter's runtime
     folder (``ipc``) rather than TCP on localhost, so no port is opened and ipykernel's warning
     "Kernel is running over TCP without encryption" does not appear. A runtime folder whose path
-    is too long for a socket name keeps TCP."""
+    is too long for a socket name keeps TCP. Each kernel gets socket names of its own: by
+    default every kernel binds ``kernel-ipc-<n>`` in the working directory, and two runs started
+    from one folder at once then cross their messages ("Invalid Signature")."""
     opts: dict = {}
     if os.name == "posix":
         from jupyter_core.paths import jupyter_runtime_dir
         from traitlets.config import Config
 
-        if len(jupyter_runtime_dir()) < 60:  # socket paths are limited to about 107 characters
-            opts["config"] = Config({"KernelManager": {"transport": "ipc"}})
+        runtime = jupyter_runtime_dir()
+        if len(runtime) < 60:  # socket paths are limited to about 107 characters
+            os.makedirs(runtime, mode=0o700, exist_ok=True)
+            ip = os.path.join(runtime, f"glio-kit-{uuid.uuid4().hex[:12]}-ipc")
+            opts["config"] = Config({"KernelManager": {"transport": "ipc", "ip": ip}})
     return opts
 
 
