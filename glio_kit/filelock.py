@@ -4,8 +4,8 @@ A lock is an open file descriptor with ``flock`` on it. The operating system dro
 last descriptor of it closes, which happens when the holding process ends in any way (a normal
 exit, an exception, SIGKILL, a crash), so a lock file left behind by a dead process never
 blocks anyone: the file is only where the lock lives and where the holder writes who it is.
-The file is never removed (a process may have opened it and be waiting on it) and never
-replaced (a new file would be a new lock).
+A run folder's lock file stays (it names the last holder); the lock beside a shared cohort is
+removed by its holder, and a waiter that finds its file gone starts again (:func:`exclusive`).
 
 The holder writes one JSON object into the file (:func:`describe_holder`): what it is doing, its
 process id, host and start time, so that a process that finds the lock taken can say who holds
@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -119,29 +119,51 @@ def holder_line(info: dict | None) -> str:
     return f"{info.get('command', '?')} ({where})"
 
 
+def _same_file(fd: int, path) -> bool:
+    """True while ``path`` still names the file open as ``fd`` (a holder removes it on release)."""
+    try:
+        st, now = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+
+
 @contextmanager
 def exclusive(path, what: str, say=None):
     """Hold the exclusive lock of file ``path`` while inside, waiting for another holder first.
 
-    what : what the lock guards, for the waiting message (e.g. ``"the synthetic cohort <root>"``).
-    say : where the waiting message goes (default: standard error); it is said once, naming
-        the holder, only when the lock is taken.
+    Parameters
+    ----------
+    path : str or Path
+        The lock file; its folder must exist. It is removed on release, so nothing is left
+        beside what it guards.
+    what : str
+        What the lock guards, for the waiting message (e.g. ``"the synthetic cohort <root>"``).
+    say : callable, optional
+        Where the waiting message goes (default: standard error); said once, naming the
+        holder, only when the lock is taken.
 
-    The folder of ``path`` must exist. The holder record is emptied on release.
+    A waiter that got the lock of a file the holder removed meanwhile opens the new one and
+    waits again, so two processes never both hold it.
     """
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    fd = open_lock(path)
-    try:
+    waited = None
+    while True:
+        fd = open_lock(path)
         if not lock_fd(fd):
-            t0 = time.time()
-            say(f"[glio-kit] waiting for {holder_line(read_holder(path))}, which is writing {what}")
+            if waited is None:
+                waited = time.time()
+                say(f"[glio-kit] waiting for {holder_line(read_holder(path))}, which is writing {what}")
             lock_fd(fd, blocking=True)
-            say(f"[glio-kit] {what}: ready after {time.time() - t0:.0f} s of waiting")
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    try:
+        if waited is not None:
+            say(f"[glio-kit] {what}: ready after {time.time() - waited:.0f} s of waiting")
         write_holder(fd, describe_holder(what=what))
-        try:
-            yield
-        finally:
-            write_holder(fd, None)
-            unlock_fd(fd)
+        yield
     finally:
+        with suppress(FileNotFoundError):
+            os.unlink(path)  # before the release: a waiter then finds it gone and starts again
         os.close(fd)

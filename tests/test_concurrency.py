@@ -115,7 +115,7 @@ def test_two_runs_sharing_a_data_folder_generate_the_cohort_once(tmp_path):
     outs = "\n---\n".join(out for _, out in results)
     assert [rc for rc, _ in results] == [0, 0], outs
     assert outs.count(GENERATED) == 1, outs
-    assert sorted(p.name for p in data.iterdir()) == [".synthetic-smoke-seed0.lock", "synthetic-smoke-seed0"]
+    assert sorted(p.name for p in data.iterdir()) == ["synthetic-smoke-seed0"]
     cohort = json.loads((data / "synthetic-smoke-seed0" / "cohort.json").read_text())
     assert len(cohort["subjects"]) == 8
     caches = [sorted((p.name, p.read_bytes()) for p in (tmp_path / run / "cache").iterdir())
@@ -139,7 +139,7 @@ def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks(shared, tmp_path):
     assert rc == 0, out
     assert json.loads((run_dir / "steps" / "prep.json").read_text())["status"] == "done"
     assert comparable(run_dir).keys() == comparable(shared["lone"]).keys()
-    assert sorted(p.name for p in data.iterdir()) == [".synthetic-smoke-seed0.lock", "synthetic-smoke-seed0"]
+    assert sorted(p.name for p in data.iterdir()) == ["synthetic-smoke-seed0"]
 
 
 def _lock_is_free(fh) -> bool:
