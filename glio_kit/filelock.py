@@ -81,18 +81,25 @@ def write_holder(fd: int, info: dict | None) -> None:
     In place, not by an atomic rename: the lock belongs to this very file.
     """
     data = (json.dumps(info) + "\n").encode() if info else b""
-    os.ftruncate(fd, 0)
-    if data:
-        os.pwrite(fd, data, 0)
+    os.pwrite(fd, data, 0)  # then cut what is left of a longer record: the file is never empty between
+    os.ftruncate(fd, len(data))
 
 
-def read_holder(path) -> dict | None:
-    """The holder a lock file names, or None (empty, unreadable, being rewritten)."""
-    try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+def read_holder(path, wait: float = 0.0) -> dict | None:
+    """The holder a lock file names, or None (empty, unreadable, being rewritten).
+
+    wait : seconds to keep trying while it names none (a holder that has just taken the lock
+        writes its record a moment later).
+    """
+    deadline = time.time() + wait
+    while True:
+        try:
+            info = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict) or time.time() >= deadline:
+            return info if isinstance(info, dict) else None
+        time.sleep(0.05)
 
 
 def _alive(pid) -> bool:

@@ -77,7 +77,7 @@ def _lock_path(folder, lock_file: str, marker: str) -> Path | None:
 
 def refusal(folder, lock: Path) -> str:
     """The one line said when ``folder`` is in use: the holder and what to do."""
-    info = read_holder(lock)
+    info = read_holder(lock, wait=1.0)
     if (info or {}).get("kind") == "notebook":
         todo = ("shut that notebook's kernel down (JupyterLab: Kernel > Shut Down Kernel) or use "
                 "another run folder")
