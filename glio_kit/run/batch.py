@@ -53,6 +53,7 @@ from .batch_summary import error_line as _error_line
 from ..atomic import write_text
 from .batch_summary import summarise, value_str
 from ..errors import GlioKitError
+from .lock import LOCK_FILE, run_lock
 from .rundir import RUN_MARKER, RunDir, params_digest
 from .steps import PREFIX_STEPS, STEPS, step
 
@@ -64,6 +65,8 @@ COHORT_KEYS = ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir")
 SHARED_DIR = "_shared"
 #: The file that marks a folder as a batch folder (written by every batch).
 BATCH_MARKER = "batch.json"
+#: The batch folder's lock: one ``glio-kit batch`` at a time per folder (:mod:`glio_kit.run.lock`).
+BATCH_LOCK = "batch.lock"
 
 
 # ----------------------------------------------------------------------- the grid
@@ -235,7 +238,8 @@ def seed_from_prefix(shared_dir, run_dir, prefix=PREFIX_NOTEBOOKS) -> list[Path]
     summary). The run folder is then complete on its own. Returns the relative paths linked.
     """
     src, dst = Path(shared_dir), Path(run_dir)
-    files = [p.relative_to(src) for p in sorted(src.rglob("*")) if p.is_file() and not p.is_symlink()]
+    files = [p.relative_to(src) for p in sorted(src.rglob("*"))
+             if p.is_file() and not p.is_symlink() and p != src / LOCK_FILE]  # each folder has its own lock
     dst.mkdir(parents=True, exist_ok=True)
     for rel in files:
         _link_or_copy(src / rel, dst / rel)
@@ -310,27 +314,28 @@ def run_batch(grid_path, workers: int = 1, force: bool = False, executor=None, d
     """
     plan = _plan_batch(grid_path, declared)
     say = print if progress else (lambda *a, **k: None)
-    status = {name: dict(status="done earlier", seconds=0.0, error="")
-              for name, r in plan.by_name.items() if not force and is_finished(r["dir"])}
-    pending = [r["name"] for r in plan.runs if r["name"] not in status]
-    _write_batch_json(plan)
+    with run_lock(plan.out, f"glio-kit batch {grid_path}", lock_file=BATCH_LOCK, marker=BATCH_MARKER):
+        status = {name: dict(status="done earlier", seconds=0.0, error="")
+                  for name, r in plan.by_name.items() if not force and is_finished(r["dir"])}
+        pending = [r["name"] for r in plan.runs if r["name"] not in status]
+        _write_batch_json(plan)
 
-    executor = executor or _default_executor
-    if pool == "auto":
-        pool = "dask" if executor is _default_executor else "thread"
-    if cohorts == "auto":
-        cohorts = executor is _default_executor
-    if cohorts and pending:
-        try:
-            prepare_synthetic_cohorts([plan.by_name[n] for n in pending], plan.profile, say)
-        except Exception as err:  # noqa: BLE001 - each run then reports its own error
-            say(f"[batch] could not prepare the synthetic cohort up front: {_error_line(err)}")
-    if pending:
-        from .engine import Engine
+        executor = executor or _default_executor
+        if pool == "auto":
+            pool = "dask" if executor is _default_executor else "thread"
+        if cohorts == "auto":
+            cohorts = executor is _default_executor
+        if cohorts and pending:
+            try:
+                prepare_synthetic_cohorts([plan.by_name[n] for n in pending], plan.profile, say)
+            except Exception as err:  # noqa: BLE001 - each run then reports its own error
+                say(f"[batch] could not prepare the synthetic cohort up front: {_error_line(err)}")
+        if pending:
+            from .engine import Engine
 
-        with Engine(pool, workers, plan.spec.get("cluster"), plan.out, say) as engine:
-            _execute(plan, pending, status, engine.executor, executor, force, say)
-    return summarise(plan.out, plan.runs, status, plan.group_of)
+            with Engine(pool, workers, plan.spec.get("cluster"), plan.out, say) as engine:
+                _execute(plan, pending, status, engine.executor, executor, force, say)
+        return summarise(plan.out, plan.runs, status, plan.group_of)
 
 
 class _Plan:
@@ -382,7 +387,7 @@ def adopt_batch_folder(out, grid_path="") -> Path:
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise GlioKitError(f"{out}: 'out' of {grid_path} is a file; give a folder for the batch")
-    if out.exists() and any(out.iterdir()) and not is_batch_folder(out):
+    if out.exists() and any(p.name != BATCH_LOCK for p in out.iterdir()) and not is_batch_folder(out):
         found = sorted(p.name for p in out.iterdir())
         shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
         raise GlioKitError(f"{out}: 'out' of {grid_path} is a folder that is not empty and was not made by "
@@ -456,8 +461,9 @@ def _seed_run(plan: _Plan, key: str, name: str, res: dict, status: dict, say) ->
         say(f"[batch] {name}: FAILED (shared prefix: {res['error']})")
         return False
     try:
-        RunDir(plan.by_name[name]["dir"])  # refuse a folder that is not a run folder
-        seed_from_prefix(plan.out / SHARED_DIR / key, plan.by_name[name]["dir"], plan.prefix_nbs)
+        with run_lock(plan.by_name[name]["dir"], "glio-kit batch (linking the shared prefix in)"):
+            RunDir(plan.by_name[name]["dir"])  # refuse a folder that is not a run folder
+            seed_from_prefix(plan.out / SHARED_DIR / key, plan.by_name[name]["dir"], plan.prefix_nbs)
     except Exception as err:  # noqa: BLE001
         status[name] = dict(status="failed", seconds=0.0, error=_error_line(err))
         say(f"[batch] {name}: FAILED ({_error_line(err)})")

@@ -13,6 +13,8 @@ from .. import __version__
 from .config import (DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SMOKE_NOTE, get_config, parse_assignments,
                      profile_name)
 from ..errors import GlioKitError
+from .lock import run_lock
+from .rundir import RunDir
 
 HELP = """Teach and reproduce unsupervised glioma detection with a DCGAN (glio-kit).
 
@@ -76,14 +78,13 @@ def cmd_run(args) -> int:
                        force=args.force)
     for r in report:
         print(f"{r['notebook']}: {r['status']} ({r['seconds']} s)")
-    from .rundir import RunDir  # slow import (torch, papermill, dask): only when the command runs
-
-    summary = RunDir(args.run_dir).path / "metrics.md"
-    if summary.exists():
-        print(summary.read_text())
     from .report import write_report  # slow import (torch, papermill, dask): only when the command runs
 
-    print(f"[glio-kit] report (one page, opens offline): {write_report(args.run_dir)}")
+    with run_lock(args.run_dir):  # the report reads the folder: no other run may write it meanwhile
+        summary = RunDir(args.run_dir).path / "metrics.md"
+        if summary.exists():
+            print(summary.read_text())
+        print(f"[glio-kit] report (one page, opens offline): {write_report(args.run_dir)}")
     return 0
 
 

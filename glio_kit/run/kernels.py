@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 from jupyter_client.manager import AsyncKernelManager
 
+from .lock import FDS_ENV, inherited_descriptors
+
 __all__ = ["TrackedKernelManager", "stop_kernels", "stop_kernels_on_signals"]
 
 _KERNELS: weakref.WeakSet = weakref.WeakSet()
@@ -31,6 +33,14 @@ class TrackedKernelManager(AsyncKernelManager):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _KERNELS.add(self)
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        """Start the kernel holding the run folder's lock too (:mod:`glio_kit.run.lock`)."""
+        fds = inherited_descriptors()
+        if fds:
+            kw["pass_fds"] = tuple(kw.get("pass_fds", ())) + fds
+            kw["env"] = dict(kw.get("env") or os.environ, **{FDS_ENV: ",".join(map(str, fds))})
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
 
 
 def _process(km):

@@ -20,6 +20,7 @@ from .config import SMOKE_NOTE, get_config
 from ..device import choose_device, seed_everything
 from ..paths import default_run_dir, notebooks_dir
 from .rundir import RunDir
+from .lock import hold_for_notebook
 from .steps import STEPS, step as get_step
 
 PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
@@ -101,12 +102,15 @@ def setup(step_name: str, namespace: dict):
     namespace : the notebook's globals (its parameter values); ``None`` means "the profile's
         value". ``run_dir`` empty means ``$GLIO_KIT_RUN_DIR`` or ``runs/<profile>``.
     Returns the step's settings (:mod:`glio_kit.run.config`) and the :class:`RunDir`.
+    A run folder that another process (``glio-kit run``) holds stops the notebook here, before
+    anything is written (:func:`glio_kit.run.lock.hold_for_notebook`).
     """
     st = get_step(step_name)
     knobs = {k: namespace[k] for k in st.settings.knobs() if k in namespace}
     settings = get_config(namespace.get("profile") or None, **knobs).step(step_name)
     run_dir = (namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR")
                or default_run_dir(settings.profile))
+    hold_for_notebook(run_dir, st.notebook)
     run = RunDir(run_dir)
     record_environment(run, step_name, header(st.notebook, settings))
     print(f"run folder: {run.path}")

@@ -16,6 +16,7 @@ from .. import __version__
 from ..atomic import atomic_path, write_text
 from ..errors import RunFolderError
 from .steps import step as get_step
+from .lock import LOCK_FILE
 
 RUN_MARKER = "run.json"
 
@@ -73,7 +74,9 @@ class RunDir:
         marker = self.path / RUN_MARKER
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path}: is a file, not a run folder; choose another run_dir")
-        if self.path.exists() and any(self.path.iterdir()) and not marker.exists():
+        # the lock file (glio_kit.run.lock) is made before the folder is adopted
+        others = self.path.exists() and any(f.name != LOCK_FILE for f in self.path.iterdir())
+        if others and not marker.exists():
             raise RunFolderError(
                 f"{self.path}: the folder is not empty and is not a glio-kit run folder "
                 f"(no {RUN_MARKER}); choose an empty or new run_dir so nothing of yours is overwritten"

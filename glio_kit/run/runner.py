@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import GlioKitError
 from .kernels import TrackedKernelManager, stop_kernels_on_signals
+from .lock import run_lock
 from .notebook import freeze_widgets
 from ..progress import terminal_progress
 from .rundir import RunDir
@@ -110,14 +112,19 @@ def kernel_options() -> dict:
     """How papermill talks to the kernels: on POSIX over socket files in Jupyter's runtime
     folder (``ipc``) rather than TCP on localhost, so no port is opened and ipykernel's warning
     "Kernel is running over TCP without encryption" does not appear. A runtime folder whose path
-    is too long for a socket name keeps TCP."""
+    is too long for a socket name keeps TCP. Each kernel gets socket names of its own: by
+    default every kernel binds ``kernel-ipc-<n>`` in the working directory, and two runs started
+    from one folder at once then cross their messages ("Invalid Signature")."""
     opts: dict = {}
     if os.name == "posix":
         from jupyter_core.paths import jupyter_runtime_dir
         from traitlets.config import Config
 
-        if len(jupyter_runtime_dir()) < 60:  # socket paths are limited to about 107 characters
-            opts["config"] = Config({"KernelManager": {"transport": "ipc"}})
+        runtime = jupyter_runtime_dir()
+        if len(runtime) < 60:  # socket paths are limited to about 107 characters
+            os.makedirs(runtime, mode=0o700, exist_ok=True)
+            ip = os.path.join(runtime, f"glio-kit-{uuid.uuid4().hex[:12]}-ipc")
+            opts["config"] = Config({"KernelManager": {"transport": "ipc", "ip": ip}})
     return opts
 
 
@@ -137,13 +144,22 @@ def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list
     :class:`~glio_kit.errors.RunFolderError` naming each changed value. A notebook that fails
     or is interrupted (Ctrl-C, SIGTERM: its kernel is stopped too) leaves its step marked
     failed, never done.
+    The run holds the folder's lock (:func:`glio_kit.run.lock.run_lock`) from before it touches
+    the folder to its end, its kernels included: a folder in use by another run or by a
+    notebook's kernel stops it at once with :class:`~glio_kit.run.lock.FolderInUse`.
     Returns one dict per notebook: name, status ("ran" | "skipped"), seconds.
     """
     params = resolve_paths(dict(params or {}))
     check_parameters(params)
     # the notebooks first: an incomplete installation leaves no half-made run folder behind
     nbs = available_notebooks() if not notebooks else [notebooks_dir() / n for n in notebooks]
-    run = RunDir(run_dir)
+    with run_lock(run_dir):
+        return _run_locked(RunDir(run_dir), profile, params, nbs, force, log_output, progress)
+
+
+def _run_locked(run: RunDir, profile: str, params: dict, nbs: list[Path], force, log_output: bool,
+                progress: bool) -> list[dict]:
+    """:func:`run_chain` once the run folder's lock is held."""
     out_dir = run.path / "notebooks"
     try:
         selected = [by_notebook(nb.name).name for nb in nbs]

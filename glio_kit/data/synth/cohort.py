@@ -3,7 +3,8 @@
 Healthy subjects in the IXI layout, tumours in the BraTS layout, a ``cohort.json`` with
 one record per subject and a README, so the demo goes through the same loaders as a
 user's real data. The folder is built beside the target and moved into place at the end:
-a cohort folder is either complete or absent.
+a cohort folder is either complete or absent. One process writes it (a sibling lock file);
+others wanting the same cohort wait for it, then reuse it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import RunFolderError
+from ...filelock import exclusive
 from .subject import synth_subject
 
 __all__ = ["make_cohort", "SYNTH_VERSION"]
@@ -118,8 +120,7 @@ def _write_subject(job, root, voxel_size):
         "lesion_ml": round(info["lesion_ml"], 3),
         "tumor_center_mm": (None if info["tumor_center_mm"] is None
                             else [round(x, 1) for x in info["tumor_center_mm"]]),
-        "t2": str(t2_path.relative_to(root)),
-        "seg": None, "seed": job["seed"],
+        "t2": str(t2_path.relative_to(root)), "seg": None, "seed": job["seed"],
     }
     if seg_path is not None:
         nib.save(_nifti(seg.astype(np.uint8), affine), seg_path)
@@ -365,15 +366,24 @@ def make_cohort(out_dir, n_train_healthy=60, n_test_healthy=27, n_test_tumor=27,
         one, or other files.
     """
     root = Path(out_dir).expanduser().resolve()
-    params = _params(n_train_healthy, n_test_healthy, n_test_tumor, seed, voxel_size,
-                     wmh_fraction)
+    params = _params(n_train_healthy, n_test_healthy, n_test_tumor, seed, voxel_size, wmh_fraction)
     paths = {**{g: root / g for g in GROUPS}, "root": root}
-    existing = _existing_cohort(root, params, overwrite)
-    if existing == "same":
+    if _existing_cohort(root, params, overwrite) == "same":
         return paths
-
-    plan = _subject_plan(n_train_healthy, n_test_healthy, n_test_tumor, seed, wmh_fraction)
     root.parent.mkdir(parents=True, exist_ok=True)
+    # one writer at a time (a sibling lock file): a cohort another process writes is waited for, then reused
+    with exclusive(root.parent / f".{root.name}.lock", f"the synthetic cohort {root}"):
+        existing = _existing_cohort(root, params, overwrite)
+        if existing != "same":
+            plan = _subject_plan(n_train_healthy, n_test_healthy, n_test_tumor, seed, wmh_fraction)
+            _write_cohort(root, params, plan, existing, workers, progress)
+    return paths
+
+
+def _write_cohort(root: Path, params: dict, plan: list, existing: str, workers, progress: bool) -> None:
+    """Write the cohort into a sibling temporary folder renamed to ``root``: never seen half-written."""
+    for stale in root.parent.glob(f".{root.name}.partial-*"):  # a killed writer's: we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -388,4 +398,3 @@ def make_cohort(out_dir, n_train_healthy=60, n_test_healthy=27, n_test_tumor=27,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return paths
