@@ -12,6 +12,7 @@ import torch
 from . import library as lib
 
 __all__ = ["ExerciseError", "check_residual_loss", "check_discrimination_loss", "check_anomaly_score",
+           "check_scale_scores",
            "call", "passed", "as_array", "tiny_models"]
 
 
@@ -157,3 +158,36 @@ def check_anomaly_score(anomaly_score) -> None:
         ))
         cases += 1
     passed("anomaly_score", cases)
+
+
+def check_scale_scores(scale_scores) -> None:
+    """Check ``scale_scores(a_raw, a_raw_val)`` -> (N,) ``A = sigmoid((A_raw - mean_val) / sd_val)``.
+
+    ``mean_val`` and ``sd_val`` (sample SD) come from the healthy validation slices'
+    ``a_raw_val`` only. Compared with :func:`glio_kit.detect.mapping.fit_scaling`, for 9 test
+    slices and the edge case of a single one.
+    """
+    rng = np.random.default_rng(6)
+    val = rng.random(11) * 0.2 + 0.3
+    cases = 0
+    for a_raw in (rng.random(9) * 0.8, np.array([0.45])):
+        got = call(scale_scores, a_raw.copy(), val.copy(), name="scale_scores")
+        moved = a_raw.copy()
+        moved[1:] += 5.0
+        if a_raw.size > 1:
+            again = as_array(call(scale_scores, moved, val.copy(), name="scale_scores"), "scale_scores")
+            if again.shape == a_raw.shape and not np.isclose(again[0], as_array(got, "scale_scores")[0]):
+                raise ExerciseError("scale_scores: a slice's A changes when the other test slices change: "
+                                    "fit the mean and SD on the healthy validation slices (a_raw_val) only.")
+        ref = lib.fit_scaling(val)(a_raw)
+        pop = 1 / (1 + np.exp(-(a_raw - val.mean()) / val.std()))
+        lo, hi = val.min(), val.max()
+        compare(got, ref, "scale_scores", f"{a_raw.size} slice(s)", alternatives=(
+            (pop, "use the sample SD of the validation scores (ddof=1), as the library does."),
+            (np.clip((a_raw - lo) / (hi - lo), 0, 1),
+             "min-max scaling sends every slice above the validation maximum to 1; use the logistic map."),
+            (1 / (1 + np.exp((a_raw - val.mean()) / val.std(ddof=1))),
+             "the sign is flipped: a larger A_raw must give a larger A."),
+        ))
+        cases += 1
+    passed("scale_scores", cases)

@@ -38,6 +38,11 @@ EXERCISES = {
     "anomaly_score": (
         "the anomaly score A",
         "`A = (1 - lam) * R + lam * D`: lam weights the discrimination score, 1 - lam the residual."),
+    "scale_scores": (
+        "the score in [0, 1], fitted on healthy validation slices",
+        "`mean, sd = np.mean(a_raw_val), np.std(a_raw_val, ddof=1)`, then "
+        "`1 / (1 + np.exp(-(a_raw - mean) / sd))`. Only the validation slices set the map, never the test "
+        "ones."),
     "map_latent": (
         "the latent-mapping loop (AnoGAN)",
         "`with frozen(G, D):` compute `fx = D.features(x)` under `torch.no_grad()`, then "
