@@ -1,5 +1,5 @@
 """The kit as a user installs it: the built wheel in a fresh virtual environment, the smoke chain
-and a batch run from an empty folder, the notebooks copied out.
+and a batch run from an empty folder, the notebooks copied out (and one exercise notebook run).
 
 Slow (a fresh environment takes pip about 3 minutes, the chain and a one-run batch about 3 on
 2 cores), so it runs only with ``GLIO_KIT_INSTALL_TEST=1``: ``make test-install``, which ``.ci/run``
@@ -39,6 +39,7 @@ def test_wheel_in_a_fresh_venv_runs_the_smoke_chain_from_an_empty_folder(tmp_pat
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"glio_kit/notebooks/{s.notebook}" for s in STEPS} <= set(names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert {"glio_kit/exercises/notebooks.py", "glio_kit/exercises/library.py"} <= set(names)
 
     # a fresh virtual environment: torch as the Makefile pins it, the rest from the wheel's dependencies
     venv = tmp_path / "venv"
@@ -75,6 +76,15 @@ def test_wheel_in_a_fresh_venv_runs_the_smoke_chain_from_an_empty_folder(tmp_pat
     # the notebooks copied out for students
     out = _run([kit, "notebooks", "mine"], cwd=empty, env=env)
     assert sorted(p.name for p in (empty / "mine").glob("*.ipynb")) == sorted(s.notebook for s in STEPS)
+
+    # the student version, solutions filled in: one exercise notebook runs from the installed wheel
+    _run([kit, "notebooks", "ex", "--exercises", "--fill-solutions"], cwd=empty, env=env)
+    _run([py, "-m", "papermill", "--cwd", empty / "ex", "-k", "python3", empty / "ex" / "05_metrics.ipynb",
+          empty / "ex" / "05_done.ipynb", "-p", "run_dir", run], cwd=empty, env=env)
+    done = json.loads((empty / "ex" / "05_done.ipynb").read_text())
+    checks = ["".join(o.get("text", "")) for c in done["cells"] for o in c.get("outputs", [])
+              if "exercise-check" in c["metadata"].get("tags", [])]
+    assert len(checks) == 3 and all("\u2713" in t for t in checks), checks
 
     # a batch from the same folder (one grid point: its prefix and its run)
     (empty / "grid.yaml").write_text("profile: smoke\nout: b\nbase: {seed: 0}\ngrid: {lam: [0.5]}\n")

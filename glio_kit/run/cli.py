@@ -24,6 +24,7 @@ examples:
   glio-kit report runs/demo                           one HTML page of a run (metrics, figures, settings)
   glio-kit batch examples/grid_smoke.yaml             a grid of runs and a summary table
   glio-kit notebooks my-notebooks                     copy the notebooks out, to open in JupyterLab
+  glio-kit notebooks my-notebooks --exercises         the student version: exercises, checks, hints
   glio-kit synth data/my-cohort --seed 1              write a synthetic cohort
 
 The profile (smoke | demo | paper) comes from --profile, else $GLIO_KIT_PROFILE, else demo.
@@ -117,7 +118,7 @@ def cmd_batch(args) -> int:
 def cmd_notebooks(args) -> int:
     from .runner import copy_notebooks  # slow import (torch, papermill, dask): only when the command runs
 
-    copied, kept = copy_notebooks(args.dest)
+    copied, kept = copy_notebooks(args.dest, exercises=args.exercises, fill_solutions=args.fill_solutions)
     for path in copied:
         print(f"copied {path}")
     for path in kept:
@@ -191,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Copy the chain's notebooks (stored without outputs) into DEST. "
                                    "A notebook already in DEST is kept as it is, never overwritten.")
     n.add_argument("dest", help="folder to copy into (created if needed)")
+    n.add_argument("--exercises", action="store_true",
+                   help="the student version: the paper's key steps become exercises to complete, each "
+                        "with a check (glio_kit.exercises) and a hint")
+    n.add_argument("--fill-solutions", action="store_true",
+                   help="with --exercises: keep the solutions in the exercise cells (to try the checks)")
     n.set_defaults(func=cmd_notebooks)
     return p
 

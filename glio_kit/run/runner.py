@@ -26,10 +26,13 @@ from .step_plan import force_step, plan_chain
 from .steps import STEPS, all_parameters, by_notebook, step
 
 
-def copy_notebooks(dest) -> tuple[list[Path], list[Path]]:
+def copy_notebooks(dest, exercises: bool = False,
+                   fill_solutions: bool = False) -> tuple[list[Path], list[Path]]:
     """Copy the chain's notebooks into ``dest`` (created if needed) for students to open.
 
     A file that already exists in ``dest`` is never overwritten (it may hold a student's work).
+    ``exercises``: write the student version instead (:mod:`glio_kit.exercises.notebooks`),
+    with the solutions kept in when ``fill_solutions``.
     Returns ``(copied, kept)``: the paths written and the existing paths left as they were.
     """
     dest = Path(dest).expanduser()
@@ -42,7 +45,12 @@ def copy_notebooks(dest) -> tuple[list[Path], list[Path]]:
         if out.exists():
             kept.append(out)
             continue
-        shutil.copyfile(nb, out)
+        if exercises:
+            from ..exercises.notebooks import write_exercise_notebook  # here: spares `run` the import
+
+            write_exercise_notebook(nb, out, fill_solutions)
+        else:
+            shutil.copyfile(nb, out)
         copied.append(out)
     return copied, kept
 
