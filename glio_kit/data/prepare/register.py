@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as sitk  # present: .read checked it with a clear message
 
 from .read import from_sitk, to_sitk
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as sitk  # present: .read checked it with a clear message
 
 from ...atomic import write_bytes, write_text
 from ...errors import GlioKitError, InputError
