@@ -277,15 +277,15 @@ def test_killed_run_resumes_without_partial_files(raw_cohort, tmp_path):
 
 # ----------------------------------------------------------------------------- a real scan, then 01
 def test_real_scan_smoke_aniso_vox_then_notebook_01(prepared, tmp_path):
-    """dipy's aniso_vox (a real b=0 head, 4 x 4 x 5 mm) through HD-BET, N4 and registration, then
-    notebook 01's prep step on the prepared files."""
-    from dipy.data import get_fnames  # ships in dipy's wheel
+    """dipy's aniso_vox (a real b=0 head, 4 x 4 x 5 mm) through notebook 00 (HD-BET, N4,
+    registration, QC; every cell, the ones `make test` skips too), then notebook 01's prep step on
+    the prepared files."""
+    import papermill as pm
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    shutil.copy(get_fnames(name="aniso_vox"), raw / "DIPY001-Aniso-T2.nii.gz")
     out = tmp_path / "out"
-    assert main(["prepare", str(raw), str(out), "--brain-mask", "hd-bet"]) == 0
+    pm.execute_notebook(str(ROOT / "notebooks" / "00_prepare_real_data.ipynb"), str(tmp_path / "00.ipynb"),
+                        parameters={"out_dir": str(out)}, progress_bar=False, kernel_name="python3")
+    assert (out / "prepare" / "DIPY001-Aniso_qc.png").stat().st_size > 10_000
     row = pd.read_csv(out / "prepare.csv").iloc[0]
     print(dict(row))
     assert row["status"] == "ok" and row["native_voxel_mm"] == "4.00x4.00x5.00"

@@ -3,7 +3,8 @@
 Flags (the ``warnings`` column of ``prepare.csv``):
 
 - brain volume outside :data:`ADULT_BRAIN_ML` (HD-BET's mask holds the brain and the CSF around
-  it, roughly the intracranial volume: 1.0-1.9 l in adults); far outside means the extraction
+  it, roughly the intracranial volume: 1.1-1.9 l in adults; Colin27 gives 1.93 l and the MNI152
+  template's brain mask 1.9-2.0 l, hence the generous range); far outside means the extraction
   took scalp, or lost part of the brain;
 - poor registration: the brain mask carried onto the template overlaps the template's brain mask
   by a Dice below :data:`MIN_REGISTRATION_DICE`;
@@ -25,10 +26,10 @@ from scipy import ndimage  # noqa: E402
 
 from ...atomic import write_bytes, write_text  # noqa: E402
 
-__all__ = ["ADULT_BRAIN_ML", "COLUMNS", "MIN_REGISTRATION_DICE", "flags", "qc_figure", "write_overview",
-           "write_table"]
+__all__ = ["ADULT_BRAIN_ML", "COLUMNS", "MIN_REGISTRATION_DICE", "flags", "qc_figure", "touches_edge",
+           "write_overview", "write_table"]
 
-ADULT_BRAIN_ML = (900.0, 2000.0)
+ADULT_BRAIN_ML = (850.0, 2100.0)
 MIN_REGISTRATION_DICE = 0.85
 #: prepare.csv's columns, in order.
 COLUMNS = ["subject", "status", "brain_ml", "registration_dice", "registration_mi", "warnings",
