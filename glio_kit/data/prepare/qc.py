@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from matplotlib.colors import ListedColormap  # noqa: E402
+
 from ...atomic import write_bytes, write_text  # noqa: E402
 
 __all__ = ["ADULT_BRAIN_ML", "COLUMNS", "MIN_REGISTRATION_DICE", "flags", "qc_figure", "touches_edge",
@@ -31,6 +33,7 @@ __all__ = ["ADULT_BRAIN_ML", "COLUMNS", "MIN_REGISTRATION_DICE", "flags", "qc_fi
 
 ADULT_BRAIN_ML = (850.0, 2100.0)
 MIN_REGISTRATION_DICE = 0.85
+_CYAN = ListedColormap(["#00e5ff"])  # the template's edges
 #: prepare.csv's columns, in order.
 COLUMNS = ["subject", "status", "brain_ml", "registration_dice", "registration_mi", "warnings",
            "brain_mask", "native_voxel_mm", "seconds", "image", "seg", "transform", "qc"]
@@ -106,9 +109,9 @@ def qc_figure(image: np.ndarray, mask: np.ndarray, template: np.ndarray, path, t
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8))
     for ax, (name, cut) in zip(axes, views):
         ax.imshow(cut(image).T, cmap="gray", origin="lower", vmin=0, vmax=vmax)
-        ax.imshow(np.ma.masked_where(~cut(edges).T, cut(edges).T), cmap="cool", origin="lower",
-                  alpha=0.6, vmin=0, vmax=1)
-        ax.contour(cut(mask).T.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+        ax.imshow(np.ma.masked_where(~cut(edges).T, cut(edges).T), cmap=_CYAN, origin="lower",
+                  alpha=0.55, vmin=0, vmax=1)
+        ax.contour(cut(mask).T.astype(float), levels=[0.5], colors="red", linewidths=1.2)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
