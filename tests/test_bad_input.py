@@ -153,12 +153,14 @@ def test_brats_case_without_t2(tmp_path):
         expect_error(tmp_path, call, "BraTS2021_00001", "has no BraTS2021_00001_t2.nii.gz")
 
 
-def test_brats_2023_names_are_explained(tmp_path):
+def test_brats_2023_names_are_read(tmp_path):
     case = tmp_path / "BraTS-GLI-00000-000"
     case.mkdir()
     save(case / "BraTS-GLI-00000-000-t2w.nii.gz", image())
-    expect_error(tmp_path, lambda: discover(tmp_path), "BraTS-GLI-00000-000",
-                 "has no BraTS-GLI-00000-000_t2.nii.gz", "-t2w.nii.gz")
+    save(case / "BraTS-GLI-00000-000-seg.nii.gz", np.zeros(SHAPE, np.uint8))
+    (s,) = discover(tmp_path)
+    assert (s.subject, s.image.name, s.mask.name) == (
+        "BraTS-GLI-00000-000", "BraTS-GLI-00000-000-t2w.nii.gz", "BraTS-GLI-00000-000-seg.nii.gz")
 
 
 def test_folder_with_no_subjects(tmp_path):

@@ -45,7 +45,8 @@ def test_parameters_cells_are_written_from_the_settings():
     from glio_kit.run.notebook import sync_notebooks
     from glio_kit.run.steps import STEPS
 
-    assert sorted(nb.name for nb in NOTEBOOKS) == sorted(s.notebook for s in STEPS)
+    chain = [nb for nb in NOTEBOOKS if nb.name != "00_prepare_real_data.ipynb"]  # no step: raw scans in
+    assert sorted(nb.name for nb in chain) == sorted(s.notebook for s in STEPS)
     stale = sync_notebooks(ROOT / "notebooks", check=True)
     assert not stale, f"{stale}: parameters cell out of date; run python -m glio_kit.run.notebook"
     for st in STEPS:

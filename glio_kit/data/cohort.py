@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _IXI_T2_SUFFIXES = tuple("-T2" + s for s in NIFTI_SUFFIXES)  # "-T2.nii.gz", "-T2.nii"
+#: The endings of a case's T2 and segmentation file names: BraTS 2019-2021, then 2023 and later.
+_CASE_ENDS = {"t2": ("_t2", "-t2w"), "seg": ("_seg", "-seg")}
 _LABEL_WORDS = {"0": 0, "1": 1, "healthy": 0, "tumor": 1, "tumour": 1}
 _NO_SUBJECTS = ("no subjects found: expected IXI-style *-T2.nii.gz files, BraTS-style case "
                 "folders or a manifest CSV")
@@ -108,7 +110,7 @@ def _may_be_subject(p: Path) -> bool:
 def _case_kind(case: Path, f: Path) -> bool:
     """``f`` is the case's T2 or segmentation file (the two the kit reads), in any letter case."""
     return is_nifti_name(f.name) and _strip_nifti_suffix(f.name).lower() in (
-        f"{case.name}_t2".lower(), f"{case.name}_seg".lower())
+        f"{case.name}{end}".lower() for ends in _CASE_ENDS.values() for end in ends)
 
 
 def _raise_unreadable(folder: Path, bad: list) -> None:
@@ -163,8 +165,8 @@ def _case_file(case: Path, kind: str) -> Path | None:
     """``<case>/<case>_<kind>.nii.gz`` or ``.nii`` in any letter case, whichever exists
     (``.nii.gz`` first); one that exists but cannot be read raises InputError."""
     names = {f.name.lower(): f for f in _listdir(case) if not _hidden(f)}
-    for s in NIFTI_SUFFIXES:
-        p = names.get(f"{case.name}_{kind}{s}".lower())
+    for end, s in ((e, s) for e in _CASE_ENDS[kind] for s in NIFTI_SUFFIXES):
+        p = names.get(f"{case.name}{end}{s}".lower())
         if p is not None:
             why = unreadable(p)
             if why:
@@ -181,7 +183,7 @@ def _brats_case_folders(folder: Path) -> list:
 
 
 def _has_brats_t2(case: Path) -> bool:
-    return any(f.is_file() and _strip_nifti_suffix(f.name).lower().endswith("_t2")
+    return any(f.is_file() and _strip_nifti_suffix(f.name).lower().endswith(_CASE_ENDS["t2"])
                and is_nifti_name(f) for f in _listdir(case))
 
 
@@ -209,7 +211,8 @@ def discover_ixi(folder) -> list:
 
 
 def discover_brats(folder) -> list:
-    """List BraTS-style cases: ``<case>/<case>_t2.nii.gz`` and optional ``<case>_seg.nii.gz``.
+    """List BraTS-style cases: ``<case>/<case>_t2.nii.gz`` and optional ``<case>_seg.nii.gz``
+    (BraTS 2023 and later: ``<case>-t2w.nii.gz`` and ``<case>-seg.nii.gz``).
 
     Parameters
     ----------
@@ -386,8 +389,8 @@ def discover(path, label=None) -> list:
         if any(_has_brats_t2(case) for case in _brats_case_folders(path)):
             subjects += discover_brats(path)
         if not subjects and _brats_case_folders(path):
-            # Case folders exist but none has a <case>_t2 file (e.g. BraTS 2023's
-            # "-t2w" names): the per-case error says which file is missing.
+            # Case folders exist but none has a <case>_t2 / <case>-t2w file: the
+            # per-case error says which file is missing.
             discover_brats(path)
         if not subjects:
             niftis = [p.name for p in _listdir(path) if is_nifti_name(p) and not _hidden(p)]

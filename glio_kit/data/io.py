@@ -294,7 +294,7 @@ def load_segmentation(path, like: Volume) -> np.ndarray:
     InputError
         Any check of :func:`load_volume` except all-zero (an empty lesion mask is allowed),
         a shape that differs from ``like``'s, non-integer values, or labels outside
-        {0, 1, 2, 4}. The message starts with the segmentation's path.
+        {0, 1, 2, 4} (BraTS 2023+ label 3, enhancing tumour, is read as 4 when there is no 4). The message starts with the segmentation's path.
     """
     path, img = _open_3d(path, "segmentation")
     data, _ = _read_canonical(path, img)
@@ -312,16 +312,19 @@ def load_segmentation(path, like: Volume) -> np.ndarray:
         raise InputError(path, f"segmentation holds {n_frac} non-integer values; a label map "
                                "must hold integer labels (was it resampled with linear "
                                "interpolation? use nearest-neighbour)")
-    labels = np.unique(data)
-    bad = [v for v in labels.tolist() if v not in BRATS_LABELS]
+    labels = np.unique(data).tolist()
+    # BraTS 2023 and later label enhancing tumour 3 (up to 2021: 4, and 3 unused): read 3 as 4,
+    # unless the map holds both, which mixes the two conventions.
+    bad = [v for v in labels if v not in BRATS_LABELS and not (v == 3 and 4 not in labels)]
     if bad:
         shown = ", ".join(f"{int(v)}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
         hint = ""
         if 3 in bad:
-            hint = (" BraTS 2023 and later label enhancing tumour 3: remap 3 -> 4 "
-                    "(see data/README.md).")
+            hint = (" BraTS 2023 and later label enhancing tumour 3, which the kit reads as 4 "
+                    "(remap 3 -> 4), but this map holds both 3 and 4: it mixes the two conventions.")
         raise InputError(path, f"segmentation holds labels {shown} outside the BraTS labels "
                                f"{{0, 1, 2, 4}} (1 necrosis, 2 edema, 4 enhancing).{hint}")
+    data[data == 3] = 4
     return data.astype(np.uint8)
 
 

@@ -12,6 +12,7 @@ import sys
 from .. import __version__
 from .config import (DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SMOKE_NOTE, get_config, parse_assignments,
                      profile_name)
+from .prepare_cli import add_parser as add_prepare_parser
 from ..errors import GlioKitError
 from .lock import run_lock
 from .rundir import RunDir
@@ -26,6 +27,7 @@ examples:
   glio-kit notebooks my-notebooks                     copy the notebooks out, to open in JupyterLab
   glio-kit notebooks my-notebooks --exercises         the student version: exercises, checks, hints
   glio-kit synth data/my-cohort --seed 1              write a synthetic cohort
+  glio-kit prepare downloads/IXI-T2 data/ixi          raw scans in: skull strip, N4, MNI152, QC
 
 The profile (smoke | demo | paper) comes from --profile, else $GLIO_KIT_PROFILE, else demo.
 GLIO_KIT_DATA sets where generated cohorts go (default: ./data, or data/ of a checkout).
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", help="a run folder written by glio-kit run")
     rp.add_argument("--out", help="write the page here instead of RUN_DIR/report.html")
     rp.set_defaults(func=cmd_report)
+
+    add_prepare_parser(sub)
 
     n = sub.add_parser("notebooks", help="copy the notebooks 01-05 into a folder, to open in JupyterLab",
                        description="Copy the chain's notebooks (stored without outputs) into DEST. "
