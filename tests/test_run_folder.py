@@ -332,11 +332,12 @@ def test_damaged_encoder_is_named(tmp_path):
 
 
 def test_damaged_loss_log_is_named_and_written_atomically(tmp_path):
-    from glio_kit.gan.train import LOSSES, EpochStats, _log_epoch, read_losses
+    from glio_kit.gan.loss_log import LOSSES, log_epoch, read_losses
+    from glio_kit.gan.train import EpochStats
 
     run = RunDir(tmp_path / "run")
     (run / "train").mkdir()
-    losses = _log_epoch(run, read_losses(run), 1, EpochStats(1.0, 2.0, 0.5, 0.4, 64), 2.0)
+    losses = log_epoch(run, read_losses(run), 1, EpochStats(1.0, 2.0, 0.5, 0.4, 64), 2.0)
     assert len(read_losses(run)) == 1 and sorted(os.listdir(run / "train")) == ["losses.csv"]
     for body in ("", "epoch,loss_d\n1,0.5\n"):  # a kill during a non-atomic rewrite; another file
         (run / LOSSES).write_text(body)
