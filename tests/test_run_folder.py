@@ -322,11 +322,11 @@ def test_damaged_checkpoint_is_named(tmp_path, damage):
 
 
 def test_damaged_encoder_is_named(tmp_path):
-    from glio_kit.detect.mapping import load_encoder
+    from glio_kit.detect.encoder import load_encoder
 
     run = RunDir(tmp_path / "run")
-    (run / "encoder").mkdir()
-    (run / "encoder" / "encoder.pt").write_bytes(b"")
+    (run / "score").mkdir()
+    (run / "score" / "encoder.pt").write_bytes(b"")
     with pytest.raises(RunFolderError, match="encoder.pt: the checkpoint cannot be read.*--force score"):
         load_encoder(run)
 
