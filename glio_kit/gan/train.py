@@ -295,6 +295,14 @@ def _write_epoch(run, gan: GAN, config: dict, streams, fixed_z: torch.Tensor, se
     return losses
 
 
+def _mark_done(run, losses: pd.DataFrame, settings: TrainSettings, **info) -> None:
+    """Process 0: the ``train`` step's record, with the last epoch's losses and ``info``."""
+    last = losses.iloc[-1]
+    run.mark_done("train", seconds=float(losses["seconds"].sum()), epochs=settings.epochs,
+                  loss_d=float(last["loss_d"]), loss_g=float(last["loss_g"]), d_x=float(last["d_x"]),
+                  d_g_z=float(last["d_g_z"]), images_per_s=float(losses["images_per_s"].mean()), **info)
+
+
 def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progress: bool = True,
                 overwrite: bool = False, data_mode: str = "auto") -> dict:
     """Train the DCGAN on the healthy ``train`` slices of ``cache``; outputs in ``<run>/train/``.
@@ -310,19 +318,16 @@ def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progre
         The run folder (:class:`~glio_kit.run.runtime.RunDir`); its ``prep`` step is done.
     cache : SliceCache
         The run's slice cache (``images`` (N, H, W) in [-1, 1], ``rows(split=...)``).
-    settings : TrainSettings
-        The training's knobs (:class:`~glio_kit.run.config.TrainSettings`).
+    settings : :class:`~glio_kit.run.config.TrainSettings`
     resume : bool
         Continue from ``train/checkpoints/last.pt`` when it holds the same model and training
         settings (an interrupted run, or more ``epochs`` with ``overwrite=True``); the result is
         the same as training in one go.
-    progress : bool
-        Show a progress bar (process 0 only).
+    progress : bool, show a progress bar (process 0 only).
     overwrite : bool
         Redo the step when the run folder holds a training with other settings (otherwise that
         raises :class:`~glio_kit.errors.RunFolderError`).
-    data_mode : str
-        ``auto`` | ``device`` | ``host`` | ``memmap`` (where the slices are held).
+    data_mode : ``auto`` | ``device`` | ``host`` | ``memmap`` (where the slices are held).
 
     Returns
     -------
@@ -332,13 +337,11 @@ def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progre
         this exact training was already done and nothing ran), ``device``, ``resumed_from``
         (epoch), ``data_mode``, ``n_train``, ``amp_dtype``; the same in every process.
     """
-    ddp = distributed()
-    rank_, world_ = rank(), world()
+    ddp, rank_, world_ = distributed(), rank(), world()  # one process: False, 0, 1
     device = rank_device(choose_device(settings.device))
     if _claim(run, cache, settings, overwrite, device):
         return _result(run, skipped=True)
-    rows = training_rows(cache)
-    prec = precision(settings.amp, device)
+    rows, prec = training_rows(cache), precision(settings.amp, device)
     image_size = [int(s) for s in cache.images.shape[1:]]
     config = dict(settings.identity(), image_size=image_size)  # what last.pt must match to be continued
 
@@ -376,11 +379,7 @@ def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progre
                                       stats, time.perf_counter() - t0, device)
                 _show_stats(bar, epoch, stats)
     if rank_ == 0:
-        last = losses.iloc[-1]
-        run.mark_done("train", seconds=float(losses["seconds"].sum()), epochs=settings.epochs,
-                      loss_d=float(last["loss_d"]), loss_g=float(last["loss_g"]), d_x=float(last["d_x"]),
-                      d_g_z=float(last["d_g_z"]), images_per_s=float(losses["images_per_s"].mean()),
-                      device=str(device), resumed_from=start_epoch, data_mode=data.mode,
-                      n_train=int(len(rows)), amp_dtype=prec.name, processes=world_)
+        _mark_done(run, losses, settings, device=str(device), resumed_from=start_epoch, data_mode=data.mode,
+                   n_train=int(len(rows)), amp_dtype=prec.name, processes=world_)
     barrier()  # the others read process 0's files
     return _result(run, skipped=False)
