@@ -36,8 +36,10 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glio_kit.run.config import ScoreSettings  # noqa: E402
-from glio_kit.detect.mapping import (Encoder, anomaly_score, fit_scaling, frozen, initial_latents,  # noqa: E402
-                              map_iterative, map_slices, mapping_loss)
+from glio_kit.detect.encoder import Encoder  # noqa: E402
+from glio_kit.detect.mapping import (frozen, initial_latents, map_iterative, map_slices,  # noqa: E402
+                                     mapping_loss)
+from glio_kit.detect.slice_scores import anomaly_score, fit_scaling  # noqa: E402
 from glio_kit.gan.model import Discriminator, Generator, weights_init  # noqa: E402
 
 
@@ -141,19 +143,15 @@ def subject_auc(run, cache, settings: ScoreSettings, G, D, E, mapping, steps, pr
 
 
 def encoder_for(run, cache, settings: ScoreSettings, G, D):
-    """The run's encoder if it has one, else one trained into a temporary copy of its records."""
-    from glio_kit.detect.mapping import load_encoder, train_encoder
-    from glio_kit.run.rundir import RunDir
+    """The run's encoder if its scoring trained one, else one trained into a temporary folder."""
+    from glio_kit.detect.encoder import ENCODER_FILE, load_encoder, train_encoder
 
-    if run.is_done("encoder") and (run / "encoder" / "encoder.pt").exists():
+    if (run / ENCODER_FILE).exists():
         return load_encoder(run), "the run's"
     tmp = Path(tempfile.mkdtemp(prefix="glio-bench-"))
     try:
-        trun = RunDir(tmp / "run")
-        for name in ("prep", "train"):
-            shutil.copy(run / "steps" / f"{name}.json", trun / "steps" / f"{name}.json")
         t0 = time.perf_counter()
-        E = train_encoder(trun, cache, settings, G, D, progress=True)
+        E, _ = train_encoder(cache, settings, G, D, tmp, progress=True)
         return E, f"trained here in {time.perf_counter() - t0:.0f} s"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,8 @@
-"""Training with DistributedDataParallel (glio_kit.gan.ddp) on the CPU: gloo, 2 processes.
+"""The DDP mode of the one training loop (glio_kit.gan.train.train_dcgan inside a process group,
+glio_kit.gan.ddp) on the CPU: gloo, 2 processes.
 
 Two processes with the global batch B end with the weights of one process with batch B
-(glio_kit.gan.train.train_dcgan), up to float32 summation order: the gradients and BatchNorm
+(the same train_dcgan without a process group), up to float32 summation order: the gradients and BatchNorm
 statistics are sums over the processes' shares instead of one sum over the batch. Adam divides
 each update by the root of the squared gradients' running mean, so these ~1e-7 relative
 differences do not shrink with the gradient (a tiny gradient still moves a weight by about lr).
@@ -29,6 +30,8 @@ import torch.nn as nn
 from test_train import make_run
 
 from glio_kit.gan import ddp as DDP
+from glio_kit.gan import train as T
+from glio_kit.run import torchrun
 from glio_kit.run.config import get_config
 from glio_kit.data.slice_cache import SliceCache
 from glio_kit.run.rundir import RunDir
@@ -68,14 +71,14 @@ def _worker(rank: int, port: int, run_dir: str, epochs: int, breakage: str) -> N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLIO_KIT_QUIET="1")
     torch.set_num_threads(1)
     if breakage == "sampler":  # a sampler not told its rank: every process takes rank 0's share
-        shares = DDP.epoch_shares
-        DDP.epoch_shares = lambda data, perm, rank, world: shares(data, perm, 0, world)
+        shares = T.epoch_shares
+        T.epoch_shares = lambda data, perm, rank, world: shares(data, perm, 0, world)
     if breakage == "averaging":
-        DDP._wrap = lambda module, device: NoAveraging(module)
+        T.wrap = lambda module, device: NoAveraging(module)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         run = RunDir(run_dir, create=False)
-        DDP.train_ddp(run, SliceCache(run / "cache"), settings(epochs), progress=False, overwrite=True)
+        train_dcgan(run, SliceCache(run / "cache"), settings(epochs), progress=False, overwrite=True)
     finally:
         dist.destroy_process_group()
 
@@ -150,7 +153,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(reference, tmp_path)
     # resumed with torchrun (the command a user types) for a third epoch: still the single-process weights
     env = dict(os.environ, GLIO_KIT_QUIET="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",
-           str(free_port()), "-m", "glio_kit.gan.ddp", "--run-dir", str(run.path), "--profile", "smoke",
+           str(free_port()), "-m", "glio_kit.run.torchrun", "--run-dir", str(run.path), "--profile", "smoke",
            "--overwrite"] + [a for k, v in dict(KNOBS, epochs=3).items() for a in ("-p", f"{k}={v}")]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -172,6 +175,6 @@ def test_comparison_fails_when_ddp_is_broken(reference, tmp_path, breakage):
 
 def test_ddp_command_needs_torchrun(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
-    assert DDP.main(["--run-dir", str(tmp_path)]) == 2
+    assert torchrun.main(["--run-dir", str(tmp_path)]) == 2
     assert "torchrun" in capsys.readouterr().err
 

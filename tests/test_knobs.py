@@ -108,7 +108,7 @@ def test_every_knob_changes_the_output_that_depends_on_it(knob_run):
     subj = pd.read_csv(score / "subject_scores.csv", dtype={"subject": str}).set_index("subject")
     topk = slices.groupby("subject").A.apply(lambda a: np.sort(a.to_numpy())[::-1][:v["topk"]].mean())
     assert np.allclose(subj.loc[topk.index, "score"], topk)
-    assert (run_dir / "encoder" / "encoder.pt").exists()  # mapping = encoder+iterative trains one
+    assert (run_dir / "score" / "encoder.pt").exists()  # mapping = encoder+iterative trains one
     # metrics: the residual maps it evaluated are the ones the score step made
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["residual"] == dict(kind=v["residual_kind"], median=v["median_filter"], erode=v["erode"])

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from glio_kit.run.config import ScoreSettings
-from glio_kit.detect.mapping import (Encoder, MappingResult, ScoreScaling, anomaly_score, encode, fit_scaling,
-                              frozen, initial_latents, map_iterative, map_slices, mapping_loss)
+from glio_kit.detect.encoder import Encoder
+from glio_kit.detect.mapping import (MappingResult, encode, frozen, initial_latents, map_iterative,
+                                     map_slices, mapping_loss)
+from glio_kit.detect.slice_scores import ScoreScaling, anomaly_score, fit_scaling
 from glio_kit.gan.model import Discriminator, Generator, weights_init
 
 LATENT = 16
@@ -259,3 +261,27 @@ def test_scaling_is_monotone_inside_unit_interval():
         fit_scaling([])
     flat = fit_scaling([2.0, 2.0, 2.0])  # degenerate: still finite and monotone
     assert np.isfinite(flat.sd_val) and flat.sd_val > 0
+
+
+# ------------------------------------------------------------- the mapping methods
+def test_mapping_methods_table_decides_steps_starts_and_encoder():
+    """One table says how many steps each method takes and what it needs trained; the config's
+    choices are its names, and map_slices maps by it (history rows = steps + 1)."""
+    from glio_kit.detect.mapping import MAPPING_METHODS, mapping_method
+    from glio_kit.run.config import MAPPINGS
+
+    assert tuple(MAPPING_METHODS) == MAPPINGS
+    s = ScoreSettings(mapping_steps=5, restarts=3, mapping_lr=0.05, lam=0.1, mapping_batch_size=64, seed=0)
+    got = {name: (m.steps(s), m.restarts(s), m.trained) for name, m in MAPPING_METHODS.items()}
+    assert got == {"iterative": (5, 3, ("G", "D")), "encoder": (0, 1, ("G", "D", "E")),
+                   "encoder+iterative": (5, 3, ("G", "D", "E"))}
+    assert [m.name for m in MAPPING_METHODS.values() if m.paper] == ["iterative"]
+    G, D = tiny_models()
+    E = Encoder(LATENT, 8, SIZE).double().eval()
+    x = targets(G, n=3)
+    for name, method in MAPPING_METHODS.items():
+        res = map_slices(G, D, x, s.replace(mapping=name), E=E if method.needs_encoder else None)
+        assert res.history.shape == (method.steps(s) + 1, 3), name
+        assert int(res.restart.max()) < method.restarts(s)
+    with pytest.raises(ValueError, match="mapping must be one of"):
+        mapping_method("nonsense")

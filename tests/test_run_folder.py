@@ -322,21 +322,22 @@ def test_damaged_checkpoint_is_named(tmp_path, damage):
 
 
 def test_damaged_encoder_is_named(tmp_path):
-    from glio_kit.detect.mapping import load_encoder
+    from glio_kit.detect.encoder import load_encoder
 
     run = RunDir(tmp_path / "run")
-    (run / "encoder").mkdir()
-    (run / "encoder" / "encoder.pt").write_bytes(b"")
+    (run / "score").mkdir()
+    (run / "score" / "encoder.pt").write_bytes(b"")
     with pytest.raises(RunFolderError, match="encoder.pt: the checkpoint cannot be read.*--force score"):
         load_encoder(run)
 
 
 def test_damaged_loss_log_is_named_and_written_atomically(tmp_path):
-    from glio_kit.gan.train import LOSSES, EpochStats, _log_epoch, read_losses
+    from glio_kit.gan.loss_log import LOSSES, log_epoch, read_losses
+    from glio_kit.gan.train import EpochStats
 
     run = RunDir(tmp_path / "run")
     (run / "train").mkdir()
-    losses = _log_epoch(run, read_losses(run), 1, EpochStats(1.0, 2.0, 0.5, 0.4, 64), 2.0)
+    losses = log_epoch(run, read_losses(run), 1, EpochStats(1.0, 2.0, 0.5, 0.4, 64), 2.0)
     assert len(read_losses(run)) == 1 and sorted(os.listdir(run / "train")) == ["losses.csv"]
     for body in ("", "epoch,loss_d\n1,0.5\n"):  # a kill during a non-atomic rewrite; another file
         (run / LOSSES).write_text(body)

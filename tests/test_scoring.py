@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from glio_kit.run.config import ScoreSettings, get_config  # noqa: E402
 from glio_kit.errors import RunFolderError  # noqa: E402
 from glio_kit.figures import scoring as F  # noqa: E402
-from glio_kit.detect.mapping import load_encoder  # noqa: E402
+from glio_kit.detect.encoder import load_encoder  # noqa: E402
 from glio_kit.data.slice_cache import SliceCache  # noqa: E402
 from glio_kit.detect.residuals import residual_map  # noqa: E402
 from glio_kit.run.rundir import RunDir  # noqa: E402
@@ -100,7 +100,7 @@ def trained(tmp_path_factory):
 def copy_run(run, dest) -> RunDir:
     """A copy of a trained run folder without its scoring (to score it another way)."""
     shutil.copytree(run.path, dest)
-    for p in ("steps/score.json", "steps/encoder.json", "score", "encoder", "subjects.csv"):
+    for p in ("steps/score.json", "score", "subjects.csv"):
         q = Path(dest) / p
         if q.is_dir():
             shutil.rmtree(q)
@@ -193,7 +193,7 @@ def test_score_run_end_to_end(trained):
     # the figures
     import matplotlib.figure
 
-    for fig in (F.plot_mapping_steps(run, cache), F.plot_loss_over_steps(run),
+    for fig in (F.plot_mapping_steps(run), F.plot_loss_over_steps(run),
                 F.plot_slice_and_subject_scores(run)):
         assert isinstance(fig, matplotlib.figure.Figure)
     assert not list((run / "figures").glob("*.png"))  # returned, not saved: the notebook saves them
@@ -236,23 +236,34 @@ def test_loaders_say_what_to_run(tmp_path):
         S.score_settings(run)
 
 
-def test_mapping_steps_figure_reproduces_the_scoring(trained, tmp_path):
+def test_mapping_snapshots_are_the_scorings_own_mapping(trained, tmp_path, monkeypatch):
+    """The scoring step keeps, for the slices the figure shows, G(z) along the way and the
+    per-slice loss of the very mapping that gave the scores; the figure draws only these."""
     run = copy_run(trained, tmp_path / "run")
     cache = SliceCache(run / "cache")
     s = score_for(restarts=2)
     df = S.score_run(run, cache, s, progress=False)
-    recon = np.load(run / "score" / "recon.npy")
-    ks = [1, len(df) - 1]
-    fig = F.plot_mapping_steps(run, cache, ks=ks)
-    # the figure maps from the same starts: its last column is recon.npy's G(z)
-    from glio_kit.gan.checkpoints import load_models
-    from glio_kit.detect.mapping import initial_latents, map_slices
+    snap = S.load_mapping_snapshots(run)
+    ks = snap["k"].tolist()
+    kinds = df.set_index("k").loc[ks, "label"].tolist()
+    assert kinds == [0] * S.SHOWN_HEALTHY + [1] * S.SHOWN_TUMOUR  # healthy test slices, then tumours
+    assert snap["steps"].tolist() == [0, 1, 2, 3, 6] and snap["steps"][-1] == s.mapping_steps
+    recon = np.asarray(S.load_reconstructions(run))
+    assert np.array_equal(snap["gz"][:, -1], recon[ks])  # the last snapshot is the scored G(z)
+    assert np.array_equal(snap["loss"][:, -1], df.set_index("k").loc[ks, "loss"].to_numpy())
+    assert snap["loss"].shape == (len(ks), s.mapping_steps + 1)
+    assert np.array_equal(snap["x"], np.asarray(cache.images[df.set_index("k").loc[ks, "row"].to_numpy()]))
+    # the figure neither loads the models nor maps
+    import glio_kit.detect.mapping as M
+    import glio_kit.gan.checkpoints as C
 
-    G, D, _ = load_models(run)
-    z0 = initial_latents(len(df), G.latent_dim, 2, s.seed)[:, ks]
-    res = map_slices(G, D, np.asarray(cache.images[df["row"].to_numpy()[ks]]), s, z0=z0)
-    assert np.allclose(res.gz[:, 0].numpy(), recon[ks], atol=1e-5)
-    assert fig.axes
+    def refuse(*a, **k):
+        raise AssertionError("the figure must draw saved data only")
+
+    monkeypatch.setattr(M, "map_iterative", refuse)
+    monkeypatch.setattr(C, "load_checkpoint", refuse)
+    fig = F.plot_mapping_steps(run)
+    assert len(fig.axes) == len(ks) * (len(snap["steps"]) + 2)
 
 
 def test_scaling_uses_only_validation_slices(trained, tmp_path):
@@ -289,11 +300,15 @@ def test_encoder_mapping_trains_and_scores(trained, tmp_path):
     cache = SliceCache(run / "cache")
     s = score_for(mapping="encoder", encoder_epochs=8)
     df = S.score_run(run, cache, s, progress=False)
-    losses = pd.read_csv(run / "encoder" / "losses.csv")
+    losses = pd.read_csv(run / "score" / "encoder_losses.csv")
     assert len(losses) == 8 and losses["loss"].iloc[-1] < losses["loss"].iloc[0]
-    assert run.is_done("encoder")
-    rec = run.record("encoder")["params"]
-    assert rec["encoder_lr"] == s.encoder_lr and rec["encoder_batch_size"] == s.encoder_batch_size
+    # the encoder's training is part of the score step's record: no step of its own
+    assert run.record("encoder") is None and not (run / "steps" / "encoder.json").exists()
+    rec = run.record("score")
+    assert rec["params"]["encoder_lr"] == s.encoder_lr and rec["params"]["encoder_epochs"] == 8
+    info = rec["info"]["encoder"]
+    assert info["epochs"] == 8 and info["loss"] == pytest.approx(losses["loss"].iloc[-1])
+    assert info["n_train"] == 4 * N_SLICES and info["encoder_batch_size"] == s.encoder_batch_size
     E = load_encoder(run)
     assert E.latent_dim == 16 and not E.training
     hist = S.load_mapping_history(run)
@@ -304,9 +319,10 @@ def test_encoder_mapping_trains_and_scores(trained, tmp_path):
 
     z = encode(E, np.asarray(cache.images[df["row"].to_numpy()]))
     assert np.allclose(z.numpy(), np.load(run / "score" / "latents.npy"), atol=1e-5)
-    fig = F.plot_mapping_steps(run, cache)
-    assert fig.axes
-    # encoder + iterative starts from the same encoder (the step record is reused)
+    fig = F.plot_mapping_steps(run)
+    assert len(fig.axes) == len(S.load_mapping_snapshots(run)["k"]) * 3  # input, G(E(x)) at step 0, residual
+    assert S.load_mapping_snapshots(run)["steps"].tolist() == [0]
+    # encoder + iterative: the scoring redone trains the same (seeded) encoder and searches from E(x)
     run2 = RunDir(run.path)
     df2 = S.score_run(run2, cache, s.replace(mapping="encoder+iterative", mapping_steps=4), overwrite=True,
                       progress=False)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from glio_kit.gan import checkpoints as C
+from glio_kit.gan.build import update_ema
 from glio_kit.gan import train as T
 from glio_kit.run.config import get_config
 from glio_kit.errors import RunFolderError
@@ -234,7 +235,7 @@ def test_update_ema_is_the_moving_average():
         for p in G.parameters():
             p.add_(1.0)
         G(torch.randn(3, 8, 1, 1))  # train mode: the BatchNorm running statistics move
-    T.update_ema(G_ema, G, 0.9)
+    update_ema(G_ema, G, 0.9)
     now, new = G_ema.state_dict(), G.state_dict()
     for k, v in now.items():
         if v.is_floating_point():

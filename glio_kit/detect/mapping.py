@@ -24,50 +24,34 @@ is computed once, without gradients.
 **Encoder mapping** (f-AnoGAN, Schlegl et al. 2019, variant izi_f). An encoder ``E`` is
 trained on the healthy training slices with ``G`` and ``D`` frozen to minimise
 ``MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x))))``; mapping is then one forward pass.
-``mapping="encoder+iterative"`` starts the iterative search from ``E(x)``.
+``mapping="encoder+iterative"`` starts the iterative search from ``E(x)``. The encoder and its
+training are in :mod:`glio_kit.detect.encoder`.
 
-**Scores** (per slice): ``R = mean |x - G(z)|`` over pixels, ``D = mean |f(x) - f(G(z))|``
-over feature elements and ``A_raw = (1 - lam) * R + lam * D`` (:func:`anomaly_score`; means
-rather than the sums of the loss, so the score does not depend on the image size). The paper reports ``A`` in
-[0, 1]; the kit maps ``A_raw`` monotonically with a map fitted on the healthy *validation*
-slices only (never on test slices): ``A = sigmoid((A_raw - mean_val) / sd_val)``
-(:class:`ScoreScaling`). A min-max rescaling with clipping would send every test slice more
-abnormal than the validation maximum to exactly 1 and lose the ranking of the most abnormal
-slices; the logistic map stays inside (0, 1) and keeps the order of all slices (in float64
-up to about 37 validation SDs above the mean, where it rounds to 1.0; ``A_raw`` is kept beside
-``A`` for exact rankings).
+**The mapping methods** (:data:`MAPPING_METHODS`): iterative, encoder, encoder+iterative, each
+saying how many steps it takes and what it needs trained; :func:`map_slices` maps by it, and the
+scoring step and the figures read it (nowhere else decides that "encoder" means 0 steps).
+
+**Scores** of the mapped slices: :mod:`glio_kit.detect.slice_scores`.
 """
 from __future__ import annotations
 
-import json
-import math
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..atomic import atomic_path
-from ..gan.checkpoints import load_checkpoint
+from ..progress import tqdm
 from ..run.config import ScoreSettings
-from ..errors import InputError, RunFolderError
-from ..gan.model import fit_input, strided_conv_stack
 from ..progress import quiet
 
-__all__ = ["MappingResult", "map_iterative", "map_slices", "mapping_loss", "anomaly_score", "frozen",
-           "initial_latents", "Encoder", "train_encoder", "load_encoder", "encode", "encoder_identity",
-           "ScoreScaling", "fit_scaling"]
+if TYPE_CHECKING:  # only for annotations: encoder.py imports this module
+    from .encoder import Encoder
 
-# The encoder draws its initial weights and its batch order from streams of its own, offset
-# from the run's seed so that they differ from the DCGAN's (train.py: seed + 1, + 2, + 3) and
-# the same seed still repeats the same encoder.
-ENCODER_INIT_SEED_OFFSET = 11
-ENCODER_SHUFFLE_SEED_OFFSET = 12
+__all__ = ["MappingMethod", "MAPPING_METHODS", "mapping_method", "MappingResult", "map_iterative",
+           "map_slices", "mapping_loss", "frozen", "initial_latents", "encode"]
 
 
 # ------------------------------------------------------------------------- helpers
@@ -91,11 +75,11 @@ def frozen(*models: nn.Module):
                 p.requires_grad_(flag)
 
 
-def _param(m: nn.Module) -> torch.Tensor:
+def param_of(m: nn.Module) -> torch.Tensor:
     return next(m.parameters())
 
 
-def _as_images(x, like: torch.Tensor) -> torch.Tensor:
+def as_images(x, like: torch.Tensor) -> torch.Tensor:
     """(N, H, W) or (N, 1, H, W), NumPy or torch -> (N, 1, H, W) on ``like``'s device and dtype."""
     if isinstance(x, np.ndarray) or not torch.is_tensor(x):
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -117,18 +101,6 @@ def mapping_loss(G: nn.Module, D: nn.Module, x: torch.Tensor, fx: torch.Tensor, 
     lr_ = (x - gz).abs().flatten(1).sum(1)
     ld_ = (fx - fgz).abs().flatten(1).sum(1)
     return (1 - lam) * lr_ + lam * ld_, lr_, ld_, gz
-
-
-def anomaly_score(R, D, lam: float):
-    """The unscaled anomaly score ``A_raw = (1 - lam) * R + lam * D`` (the paper's ``A``).
-
-    R : (N,) residual scores, mean ``|x - G(z)|`` per pixel (generator units).
-    D : (N,) discrimination scores, mean ``|f(x) - f(G(z))|`` per feature element.
-    lam : weight of the discrimination score (paper: 0.1).
-    Returns (N,) of R's type (NumPy array or torch tensor), the same weighting as the mapping
-    loss but of means, so it does not depend on the image size.
-    """
-    return (1 - lam) * R + lam * D
 
 
 def initial_latents(n: int, latent_dim: int, restarts: int = 1, seed: int = 0,
@@ -170,7 +142,7 @@ def _optimise(G, D, x, fx, z0, steps, lam, lr, record_steps=(), callback=None):
 
     ``z0`` (B, latent) may be on any device; ``x`` (B, 1, H, W), ``fx`` its features.
     """
-    p = _param(G)
+    p = param_of(G)
     # the leaf the optimiser updates is created on the device, *then* handed to Adam
     z = z0.detach().to(device=p.device, dtype=p.dtype).clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
@@ -217,10 +189,8 @@ def map_iterative(G: nn.Module, D: nn.Module, x, steps: int, lam: float = 0.1, l
     callback : ``callback(step, z, loss)`` after each backward pass, before the update (for
         tests and teaching: ``z`` is the optimised leaf with its ``.grad``).
     """
-    from ..progress import tqdm
-
-    p = _param(G)
-    x = _as_images(x, p)
+    p = param_of(G)
+    x = as_images(x, p)
     n = x.shape[0]
     restarts = max(1, int(restarts))
     latent = int(getattr(G, "latent_dim", None) or p.shape[0])
@@ -274,225 +244,110 @@ def map_iterative(G: nn.Module, D: nn.Module, x, steps: int, lam: float = 0.1, l
                          restart=cat["restart"])
 
 
-# --------------------------------------------------------------------------- encoder
-class Encoder(nn.Module):
-    """E(x): image (N, 1, H, W) -> latent (N, latent_dim) (f-AnoGAN).
+# ---------------------------------------------------------------- the mapping methods
+@dataclass(frozen=True)
+class MappingMethod:
+    """One way from a slice back to the latent space (``settings.mapping`` names it).
 
-    The discriminator's strided convolution stack (kernel 4, stride 2; BatchNorm after all
-    but the first; LeakyReLU 0.2; the input padded with the background value to the stack's
-    size), then a linear layer from the flattened last block to ``z`` (no activation: the
-    DCGAN's latents are N(0, 1), not bounded).
+    name : the value of the ``mapping`` knob.
+    summary : one line saying what it does.
+    searches : True when ``z`` is optimised by Adam for ``mapping_steps`` steps (and from
+        ``restarts`` starts); False when the mapping is one forward pass (0 steps, 1 start).
+    needs_encoder : True when an f-AnoGAN encoder must be trained first (on the healthy
+        training slices, G and D frozen; part of the scoring step).
+    paper : True for the paper's method.
     """
 
-    def __init__(self, latent_dim: int = 100, nef: int = 64, image_size=(64, 64)):
-        super().__init__()
-        self.latent_dim, self.nef = int(latent_dim), int(nef)
-        h, w = (image_size, image_size) if isinstance(image_size, int) else (int(s) for s in image_size)
-        self.image_size = (h, w)
-        self.blocks, chans, (bh, bw), self.pad = strided_conv_stack(self.nef, self.image_size)
-        self.head = nn.Linear(chans[-1] * bh * bw, self.latent_dim)
+    name: str
+    summary: str
+    searches: bool
+    needs_encoder: bool
+    paper: bool = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = fit_input(x, self.image_size, self.pad, "Encoder")
-        return self.head(self.blocks(x).flatten(1))
+    def steps(self, settings: ScoreSettings) -> int:
+        """The Adam steps on ``z`` this method takes with ``settings`` (``mapping_steps`` or 0)."""
+        return int(settings.mapping_steps) if self.searches else 0
 
+    def restarts(self, settings: ScoreSettings) -> int:
+        """The starts per slice (``restarts``; 1 without a search: E(x) is the only start)."""
+        return int(settings.restarts) if self.searches else 1
 
-def _encoder_dir(run) -> Path:
-    return Path(run / "encoder")
-
-
-def encoder_identity(settings: ScoreSettings) -> dict:
-    """The knobs that decide an encoder training (its step record ``encoder`` holds them)."""
-    return dict(encoder_epochs=settings.encoder_epochs, encoder_lr=settings.encoder_lr,
-                encoder_batch_size=settings.encoder_batch_size, kappa=settings.kappa, seed=settings.seed)
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """The networks the method needs trained: the DCGAN's G and D, and the encoder E."""
+        return ("G", "D", "E") if self.needs_encoder else ("G", "D")
 
 
-def train_encoder(run, cache, settings: ScoreSettings, G: nn.Module, D: nn.Module, progress: bool = True,
-                  overwrite: bool = False) -> Encoder:
-    """Train the f-AnoGAN encoder (izi_f) on the healthy ``train`` slices; G and D frozen.
-
-    Loss ``MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x))))`` with ``settings.kappa``, Adam
-    (lr ``settings.encoder_lr``, betas 0.5/0.999), ``settings.encoder_epochs`` epochs of
-    ``settings.encoder_batch_size`` slices, seeded by ``settings.seed``. The step record
-    ``encoder`` (after ``train``) holds :func:`encoder_identity`; a second call with the same
-    knobs loads the saved encoder. Writes ``<run>/encoder/encoder.pt`` and
-    ``<run>/encoder/losses.csv`` (epoch, loss, mse_image, mse_features, seconds). Returns the
-    encoder in eval mode on G's device.
-    """
-    params = encoder_identity(settings)
-    done = run.claim("encoder", params, after=("train",), overwrite=overwrite, settings=settings.as_dict())
-    if done and (_encoder_dir(run) / "encoder.pt").exists():
-        return load_encoder(run, _param(G).device)
-    rows = cache.rows(split="train", label=0)
-    if len(rows) < 2:
-        raise InputError(getattr(cache, "folder", "cache"), f"needs at least 2 healthy training slices to "
-                         f"train the encoder, found {len(rows)}")
-    p = _param(G)
-    device, dtype = p.device, p.dtype
-    seed = settings.seed
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + ENCODER_INIT_SEED_OFFSET)
-        E = Encoder(G.latent_dim, getattr(D, "ndf", 64), tuple(cache.images.shape[1:]))
-    E.to(device=device, dtype=dtype)
-    opt = torch.optim.Adam(E.parameters(), lr=settings.encoder_lr, betas=(0.5, 0.999))
-    shuffle = torch.Generator().manual_seed(seed + ENCODER_SHUFFLE_SEED_OFFSET)
-    data = torch.from_numpy(np.ascontiguousarray(cache.images[rows], dtype=np.float32))[:, None]
-    data = data.to(device=device, dtype=dtype)
-    out = _encoder_dir(run)
-    out.mkdir(exist_ok=True)
-    log = _fit_encoder(E, G, D, opt, data, shuffle, settings, progress)
-    pd.DataFrame(log, columns=["epoch", "loss", "mse_image", "mse_features", "seconds"]).to_csv(
-        out / "losses.csv", index=False)
-    with atomic_path(out / "encoder.pt") as tmp:
-        torch.save(dict(state=E.state_dict(), latent_dim=E.latent_dim, nef=E.nef,
-                        image_size=list(E.image_size), params=params), tmp)
-    run.mark_done("encoder", seconds=float(sum(r["seconds"] for r in log)), epochs=settings.encoder_epochs,
-                  loss=float(log[-1]["loss"]) if log else float("nan"), n_train=int(len(rows)))
-    return E
+#: The mapping methods, by name: the one place that says how many steps each takes and what
+#: it needs trained (the scoring step and the figures read it; ``config.MAPPINGS`` lists the names).
+MAPPING_METHODS = {m.name: m for m in (
+    MappingMethod("iterative", "AnoGAN: Adam on z from seeded N(0, 1) starts, mapping_steps steps",
+                  searches=True, needs_encoder=False, paper=True),
+    MappingMethod("encoder", "f-AnoGAN (izi_f): z = E(x), one forward pass, 0 steps",
+                  searches=False, needs_encoder=True),
+    MappingMethod("encoder+iterative", "the AnoGAN search started from E(x) (other restarts random)",
+                  searches=True, needs_encoder=True),
+)}
 
 
-def _fit_encoder(E: Encoder, G, D, opt, data: torch.Tensor, shuffle: torch.Generator, settings: ScoreSettings,
-                 progress: bool) -> list[dict]:
-    """The encoder's epochs on ``data`` (N, 1, H, W) with G and D frozen; E left in eval mode.
-
-    Returns one dict per epoch: ``epoch, loss, mse_image, mse_features`` (means over the
-    epoch's slices) and ``seconds``.
-    """
-    from ..progress import tqdm
-
-    n, bs, epochs = len(data), settings.encoder_batch_size, settings.encoder_epochs
-    kappa = float(settings.kappa)
-    device, dtype = data.device, data.dtype
-    log = []
-    bar = tqdm(total=epochs * max(1, math.ceil(n / bs)), desc="train encoder", unit="batch",
-               disable=not progress or quiet(), dynamic_ncols=True)
-    with frozen(G, D):
-        E.train()
-        try:
-            for epoch in range(1, epochs + 1):
-                t0 = time.perf_counter()
-                acc = torch.zeros(3, device=device, dtype=dtype)  # loss, mse_image, mse_features (sums)
-                seen = 0
-                pieces = list(torch.split(torch.randperm(n, generator=shuffle), bs))
-                if len(pieces) > 1 and len(pieces[-1]) == 1:
-                    pieces.pop()  # BatchNorm cannot normalise a single sample
-                for idx in pieces:
-                    x = data[idx.to(device)]
-                    gz = G(E(x))
-                    with torch.no_grad():
-                        fx = D.features(x)
-                    mse_i = F.mse_loss(gz, x)
-                    mse_f = F.mse_loss(D.features(gz), fx)
-                    loss = mse_i + kappa * mse_f
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    acc += torch.stack([loss.detach(), mse_i.detach(), mse_f.detach()]) * len(idx)
-                    seen += len(idx)
-                    bar.update(1)
-                a = (acc / max(seen, 1)).tolist()
-                log.append(dict(epoch=epoch, loss=a[0], mse_image=a[1], mse_features=a[2],
-                                seconds=time.perf_counter() - t0))
-                bar.set_postfix(epoch=epoch, loss=f"{a[0]:.4f}")
-        finally:
-            bar.close()
-    E.eval()
-    return log
-
-
-def load_encoder(run, device="cpu") -> Encoder:
-    """The encoder saved by :func:`train_encoder`, in eval mode on ``device``."""
-    path = _encoder_dir(run) / "encoder.pt"
-    if not path.exists():
-        raise RunFolderError(f"{path}: no trained encoder in this run folder; run the scoring step "
-                             f"(notebook 03) with mapping='encoder' or 'encoder+iterative' first")
-    ck = load_checkpoint(path, torch.device(device), required=("state", "latent_dim", "nef", "image_size"),
-                         step="score")
-    E = Encoder(ck["latent_dim"], ck["nef"], tuple(ck["image_size"]))
-    E.load_state_dict(ck["state"])
-    return E.to(device).eval()
+def mapping_method(name: str) -> MappingMethod:
+    """The :class:`MappingMethod` called ``name`` (``settings.mapping``)."""
+    try:
+        return MAPPING_METHODS[name]
+    except KeyError:
+        raise ValueError(f"mapping must be one of {tuple(MAPPING_METHODS)}, got {name!r}") from None
 
 
 @torch.no_grad()
 def encode(E: Encoder, x, batch_size: int = 256) -> torch.Tensor:
     """E(x) for (N, H, W) or (N, 1, H, W) slices, in batches, eval mode; (N, latent) on the CPU."""
-    p = _param(E)
+    p = param_of(E)
     was = E.training
     E.eval()
     try:
-        return torch.cat([E(_as_images(x[a:a + batch_size], p)).cpu() for a in range(0, len(x), batch_size)])
+        return torch.cat([E(as_images(x[a:a + batch_size], p)).cpu() for a in range(0, len(x), batch_size)])
     finally:
         E.train(was)
 
 
 def map_slices(G, D, x, settings: ScoreSettings, E: Encoder | None = None, z0=None, progress: bool = False,
                record_steps=(), desc: str = "map z", callback=None) -> MappingResult:
-    """Map slices the way ``settings.mapping`` says (``iterative`` | ``encoder`` | ``encoder+iterative``).
+    """Map slices with the method ``settings.mapping`` names (:data:`MAPPING_METHODS`).
 
-    x : (N, H, W) or (N, 1, H, W) slices in the generator's range [-1, 1].
-    settings : :class:`~glio_kit.run.config.ScoreSettings`; reads ``mapping, mapping_steps,
-        mapping_lr, lam, restarts, mapping_batch_size, seed``.
-    E : the trained encoder (the encoder modes need it).
-    z0 : (restarts, N, latent) starts that replace the seeded random ones (the scoring step
-        draws them for the whole set so that any subset can be re-mapped identically).
-    callback : as in :func:`map_iterative`.
+    Parameters
+    ----------
+    G, D : nn.Module
+        The trained DCGAN (frozen while mapping).
+    x : array or tensor
+        (N, H, W) or (N, 1, H, W) slices in the generator's range [-1, 1].
+    settings : ScoreSettings
+        Reads ``mapping, mapping_steps, mapping_lr, lam, restarts, mapping_batch_size, seed``.
+    E : Encoder or None
+        The trained encoder (the methods that ``needs_encoder``).
+    z0 : tensor or None
+        (restarts, N, latent) starts that replace the seeded random ones (the scoring step draws
+        them for the whole set so that any subset can be re-mapped identically); with an
+        encoder, E(x) replaces the first.
+    record_steps, callback, progress, desc
+        As in :func:`map_iterative`.
+
+    Returns
+    -------
+    MappingResult
+        ``history`` has ``method.steps(settings) + 1`` rows.
     """
+    method = mapping_method(settings.mapping)
     kw = dict(lam=float(settings.lam), lr=float(settings.mapping_lr), batch_size=settings.mapping_batch_size,
               seed=settings.seed, progress=progress, record_steps=record_steps, desc=desc, callback=callback)
-    restarts = settings.restarts
-    if settings.mapping == "iterative":
-        return map_iterative(G, D, x, settings.mapping_steps, z0=z0, restarts=restarts, **kw)
-    if E is None:
-        raise ValueError(f"mapping={settings.mapping!r} needs a trained encoder E")
-    ze = encode(E, x, settings.mapping_batch_size)
-    if z0 is None:
-        z0 = initial_latents(len(ze), ze.shape[1], restarts, settings.seed)
-    z0 = torch.as_tensor(z0).clone()
-    if z0.dim() == 2:
-        z0 = z0[None]
-    z0[0] = ze  # the encoder's latent is the first start; other restarts stay random
-    if settings.mapping == "encoder":
-        return map_iterative(G, D, x, 0, z0=z0[:1], restarts=1, **kw)
-    return map_iterative(G, D, x, settings.mapping_steps, z0=z0, restarts=restarts, **kw)
-
-
-# --------------------------------------------------------------------------- scores
-@dataclass
-class ScoreScaling:
-    """``A = sigmoid((A_raw - mean_val) / sd_val)``, fitted on healthy validation slices only.
-
-    Monotone (keeps every ranking, hence every AUC), inside (0, 1), 0.5 at the healthy
-    validation mean. Min-max scaling with clipping would put every slice above the
-    validation maximum at exactly 1.
-    """
-
-    mean_val: float
-    sd_val: float
-    n_val: int = 0
-
-    def __call__(self, a_raw):
-        a = np.asarray(a_raw, dtype=np.float64)
-        return 1.0 / (1.0 + np.exp(-(a - self.mean_val) / self.sd_val))
-
-    def to_dict(self) -> dict:
-        return dict(mean_val=float(self.mean_val), sd_val=float(self.sd_val), n_val=int(self.n_val),
-                    formula="A = 1 / (1 + exp(-(A_raw - mean_val) / sd_val)), "
-                            "fitted on healthy validation slices")
-
-    def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def fit_scaling(a_raw_val) -> ScoreScaling:
-    """The logistic map from the healthy validation slices' ``A_raw`` (and only those)."""
-    a = np.asarray(a_raw_val, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    if a.size == 0:
-        raise ValueError("no healthy validation slices to fit the score scaling on; "
-                         "the cache needs a 'val' split (val_fraction > 0)")
-    mean = float(a.mean())
-    sd = float(a.std(ddof=1)) if a.size > 1 else 0.0
-    if not np.isfinite(sd) or sd <= 1e-12 * max(abs(mean), 1.0):
-        sd = max(abs(mean), 1.0) * 1e-3  # degenerate validation set: still monotone, still finite
-    return ScoreScaling(mean, sd, int(a.size))
-
+    if method.needs_encoder:
+        if E is None:
+            raise ValueError(f"mapping={settings.mapping!r} needs a trained encoder E")
+        ze = encode(E, x, settings.mapping_batch_size)
+        if z0 is None:
+            z0 = initial_latents(len(ze), ze.shape[1], settings.restarts, settings.seed)
+        z0 = torch.as_tensor(z0).clone()
+        if z0.dim() == 2:
+            z0 = z0[None]
+        z0[0] = ze  # the encoder's latent is the first start; other restarts stay random
+        z0 = z0[:method.restarts(settings)]
+    return map_iterative(G, D, x, method.steps(settings), z0=z0, restarts=method.restarts(settings), **kw)

@@ -16,18 +16,23 @@ AnoGAN search, the f-AnoGAN encoder, or both), and writes into ``<run>/score/``:
   its slices' ``A`` (the paper), or their maximum, or the mean of the ``topk`` largest
   (``subject_reduction``);
 - ``mapping_history.csv``: the mean mapping loss per step for the healthy validation, healthy
-  test and tumour test slices;
+  test and tumour test slices; ``mapping_snapshots.npz``: a few test slices' ``G(z)`` at a few
+  steps and their per-step loss (:mod:`glio_kit.detect.mapping_history`: the figures draw these);
+- ``encoder.pt``, ``encoder_losses.csv``: the f-AnoGAN encoder, trained first when the mapping
+  method needs one (:data:`glio_kit.detect.mapping.MAPPING_METHODS`); part of this step;
 - ``scaling.json``: the map ``A = sigmoid((A_raw - mean_val) / sd_val)`` fitted on the
   healthy validation slices only;
 
 and ``subjects.csv`` (``subject,label,score``, test subjects) in the run folder itself. The
 step record ``steps/score.json`` holds every knob of :class:`~glio_kit.run.config.ScoreSettings`
-(``residual_kind``, ``median_filter`` and ``erode`` among them). The arrays are written batch
+(``residual_kind``, ``median_filter`` and ``erode`` among them) and, under ``info.encoder``, the
+encoder's training when there was one. The arrays are written batch
 by batch into memory-mapped files, so memory does not grow with the number of slices.
 
 Later steps read these files through the loaders here, never by path: :func:`load_slice_scores`,
 :func:`load_subject_scores`, :func:`load_reconstructions`, :func:`load_residual_maps`,
-:func:`load_mapping_history` and :func:`score_settings` (the settings the maps were made with).
+:func:`load_mapping_history`, :func:`load_mapping_snapshots` and :func:`score_settings` (the settings
+the maps were made with).
 """
 from __future__ import annotations
 
@@ -42,20 +47,24 @@ from ..gan.checkpoints import load_models
 from ..run.config import RESIDUAL_KINDS, ScoreSettings
 from ..errors import RunFolderError
 from .detectors import reduce_subjects
-from .mapping import ScoreScaling, anomaly_score, fit_scaling, initial_latents, map_slices, train_encoder
+from .encoder import train_encoder
+from .mapping import initial_latents, map_slices, mapping_method
+from .mapping_history import GROUPS, SNAPSHOTS, LossHistory, MappingSnapshots, pick_slices, snapshot_steps
+from .slice_scores import ScoreScaling, anomaly_score, fit_scaling
 from .residuals import residual_map
 from ..device import choose_device
 from ..progress import quiet
 
 __all__ = ["score_run", "reduce_subjects", "load_slice_scores", "load_subject_scores", "load_reconstructions",
-           "load_residual_maps", "load_mapping_history", "score_settings", "GROUPS", "RESIDUAL_FILES"]
+           "load_residual_maps", "load_mapping_history", "load_mapping_snapshots", "score_settings", "GROUPS",
+           "RESIDUAL_FILES", "SHOWN_HEALTHY", "SHOWN_TUMOUR"]
 
-#: Slice groups of the mapping history and the figures: (name, split, label).
-GROUPS = (("val_healthy", "val", 0), ("test_healthy", "test", 0), ("test_tumour", "test", 1))
 SLICE_COLUMNS = ["row", "k", "subject", "label", "split", "slice_index", "R", "D", "A_raw", "A",
                  "lesion_pixels", "loss", "restart"]
 #: The residual map files in ``score/``, by kind.
 RESIDUAL_FILES = {"absolute": "residual_abs.npy", "positive": "residual_pos.npy"}
+#: How many healthy and tumour test slices the mapping snapshots keep (notebook 03's figure).
+SHOWN_HEALTHY, SHOWN_TUMOUR = 2, 2
 NOT_SCORED = "run the scoring step (notebook 03, or `glio-kit run`) with this run_dir first"
 
 
@@ -110,6 +119,14 @@ def load_mapping_history(run) -> pd.DataFrame:
     slice group of :data:`GROUPS` that has slices (``val_healthy``, ``test_healthy``,
     ``test_tumour``)."""
     return pd.read_csv(_score_file(run, "mapping_history.csv"))
+
+
+def load_mapping_snapshots(run) -> dict:
+    """``score/mapping_snapshots.npz`` as a dict of arrays: ``k`` (n,) the slices (rows of
+    ``slice_scores.csv``), ``steps`` (s,), ``x`` and ``lesion`` (n, H, W), ``gz`` (n, s, H, W)
+    G(z) after each of ``steps`` updates, ``loss`` (n, steps + 1) each slice's mapping loss."""
+    with np.load(_score_file(run, SNAPSHOTS)) as f:
+        return {name: f[name] for name in f.files}
 
 
 def score_settings(run) -> ScoreSettings:
@@ -168,11 +185,12 @@ def score_run(run, cache, settings: ScoreSettings, overwrite: bool = False,
     device = choose_device(settings.device)
     G, D, meta = load_models(run, device)
     rows = _score_rows(cache)
-    E = None
-    if settings.mapping != "iterative":
-        E = train_encoder(run, cache, settings, G, D, progress=progress, overwrite=overwrite)
-    idx = cache.index.iloc[rows].reset_index(drop=True)
+    method = mapping_method(settings.mapping)
     sdir = run.reset_dir("score")
+    E, encoder = None, {}
+    if method.needs_encoder:  # the encoder's training is part of this step (its record: info.encoder)
+        E, encoder = train_encoder(cache, settings, G, D, sdir, progress=progress)
+    idx = cache.index.iloc[rows].reset_index(drop=True)
     mapped = _map_all(sdir, cache, rows, idx, G, D, E, settings, progress)
 
     df, scaling = _slice_table(rows, idx, mapped, settings.lam)
@@ -180,52 +198,30 @@ def score_run(run, cache, settings: ScoreSettings, overwrite: bool = False,
     df.to_csv(sdir / "slice_scores.csv", index=False)
     _write_subject_scores(run, df, settings)
     mapped.history.table().to_csv(sdir / "mapping_history.csv", index=False)
+    mapped.snapshots.save(sdir / SNAPSHOTS)
 
     m, steps = len(rows), mapped.history.steps
     run.mark_done("score", seconds=round(time.perf_counter() - t_start, 3),
                   map_seconds=round(mapped.seconds, 3), slices=int(m),
                   slice_steps_per_s=round(m * max(steps, 1) / max(mapped.seconds, 1e-9), 2),
                   device=str(device), model_epoch=meta["epoch"], mapping=settings.mapping, steps=steps,
-                  scaling=scaling.to_dict(), residual_files=RESIDUAL_FILES)
+                  scaling=scaling.to_dict(), residual_files=RESIDUAL_FILES,
+                  **({"encoder": encoder} if encoder else {}))
     return df
-
-
-class _LossHistory:
-    """The mean mapping loss per step of each slice group of :data:`GROUPS`, batch by batch."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-        self.sum = {name: np.zeros(steps + 1) for name, _, _ in GROUPS}
-        self.n = {name: 0 for name, _, _ in GROUPS}
-
-    def add(self, hist: np.ndarray, splits: np.ndarray, labels: np.ndarray) -> None:
-        """hist : (steps + 1, b) per-slice losses of a batch; splits, labels : (b,)."""
-        for name, split, label in GROUPS:
-            mask = (splits == split) & (labels == label)
-            if mask.any():
-                self.sum[name] += hist[:, mask].sum(1)
-                self.n[name] += int(mask.sum())
-
-    def table(self) -> pd.DataFrame:
-        """``step`` and one column per group that had slices (``mapping_history.csv``)."""
-        out = pd.DataFrame({"step": np.arange(self.steps + 1)})
-        for name, _, _ in GROUPS:
-            if self.n[name]:
-                out[name] = self.sum[name] / self.n[name]
-        return out
 
 
 @dataclass
 class _Mapped:
     """What mapping the M scored slices gave: per-slice (M,) ``R``, ``D`` (mean residual and
     feature difference), ``loss`` (the objective) and ``restart`` (the start kept); the loss
-    history; the mapping's wall time in seconds."""
+    history; the picked slices' snapshots; the mapping's wall time in seconds."""
 
     R: np.ndarray
     D: np.ndarray
     loss: np.ndarray
     restart: np.ndarray
-    history: _LossHistory
+    history: LossHistory
+    snapshots: MappingSnapshots
     seconds: float
 
 
@@ -237,7 +233,7 @@ def _map_all(sdir: Path, cache, rows: np.ndarray, idx: pd.DataFrame, G, D, E, se
     from ..progress import tqdm
 
     m, (h, w) = len(rows), cache.images.shape[1:]
-    steps = settings.mapping_steps if settings.mapping != "encoder" else 0
+    steps = mapping_method(settings.mapping).steps(settings)
     # starts for the whole set at once: any subset can later be re-mapped from the same z0
     starts = initial_latents(m, G.latent_dim, settings.restarts, settings.seed)
     labels, splits = idx["label"].to_numpy(), idx["split"].to_numpy()
@@ -246,7 +242,9 @@ def _map_all(sdir: Path, cache, rows: np.ndarray, idx: pd.DataFrame, G, D, E, se
             for kind, name in RESIDUAL_FILES.items()}
     lat = open_memmap(sdir / "latents.npy", mode="w+", dtype=np.float32, shape=(m, G.latent_dim))
     out = _Mapped(R=np.empty(m), D=np.empty(m), loss=np.empty(m), restart=np.zeros(m, np.int64),
-                  history=_LossHistory(steps), seconds=0.0)
+                  history=LossHistory(steps), seconds=0.0,
+                  snapshots=MappingSnapshots(pick_slices(idx, SHOWN_HEALTHY, SHOWN_TUMOUR, settings.seed),
+                                             snapshot_steps(steps)))
     per = max(1, settings.mapping_batch_size // settings.restarts)
     t_map = time.perf_counter()
     # progress in slice-steps, updated every step (a batch of 256 slices x 500 steps is minutes)
@@ -258,7 +256,11 @@ def _map_all(sdir: Path, cache, rows: np.ndarray, idx: pd.DataFrame, G, D, E, se
             sel = rows[a:a + b]
             x = np.asarray(cache.images[sel], dtype=np.float32)
             tick = None if bar.disable else (lambda t, z, loss, b=b: bar.update(b))
-            res = map_slices(G, D, x, settings, E=E, z0=starts[:, a:a + b], callback=tick)
+            shown = out.snapshots.wanted(a, b)  # G(z) along the way only for the figure's slices
+            res = map_slices(G, D, x, settings, E=E, z0=starts[:, a:a + b], callback=tick,
+                             record_steps=out.snapshots.steps if shown else ())
+            if shown:
+                out.snapshots.add(a, res, x, np.asarray(cache.lesion[sel]))
             gz = res.gz[:, 0].float().numpy()
             recon[a:a + b] = gz
             lat[a:a + b] = res.z.float().numpy()

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
-from ..gan.checkpoints import load_models
-from ..detect.mapping import initial_latents, load_encoder, map_slices
-from ..device import choose_device
-from ..detect.scoring import (GROUPS, load_mapping_history, load_residual_maps, load_slice_scores,
-                       load_subject_scores, score_settings)
+from ..detect.scoring import (GROUPS, load_mapping_history, load_mapping_snapshots, load_residual_maps,
+                              load_slice_scores, load_subject_scores, score_settings)
 from .style import GREY, GROUP_COLOURS, RESIDUAL, bare, show_slice
 
 #: How each slice group of :data:`glio_kit.detect.scoring.GROUPS` is drawn: (legend, colour).
@@ -24,64 +20,46 @@ GROUP_STYLE = {"val_healthy": ("healthy (val)", GROUP_COLOURS["validation"]),
                "test_tumour": ("tumour (test)", GROUP_COLOURS["tumour"])}
 
 
-def pick_slices(df: pd.DataFrame, n_healthy: int, n_tumour: int, seed: int) -> list[int]:
-    """``k`` of a few test slices: healthy ones (seeded pick) and the tumour slices with the
-    largest lesions (different subjects where possible)."""
-    rng = np.random.default_rng(seed)
-    healthy = df[(df.split == "test") & (df.label == 0)]
-    if not len(healthy):
-        healthy = df[df.split == "val"]
-    ks = []
-    if len(healthy) and n_healthy:
-        pick = rng.choice(healthy["k"].to_numpy(), min(n_healthy, len(healthy)), replace=False)
-        ks += sorted(pick.tolist())
-    tum = df[(df.split == "test") & (df.label == 1)]
-    if len(tum) and n_tumour:
-        tum = tum.sort_values(["lesion_pixels", "A"], ascending=False).drop_duplicates("subject")
-        ks += tum["k"].to_numpy()[:n_tumour].tolist()
-    return [int(k) for k in ks]
-
-
-def plot_mapping_steps(run, cache, n_healthy: int = 2, n_tumour: int = 2, steps=None, device=None, ks=None):
+def plot_mapping_steps(run):
     """A few test slices (healthy, then tumour) and G(z) at several steps of the mapping.
 
-    The slices are mapped again with the recorded settings from the very starts the scoring
-    step used (so the last G(z) matches ``recon.npy``), keeping G(z) at ``steps`` (default:
-    about five from 0 to ``mapping_steps``). Columns: the input (red: ground-truth lesion),
-    G(z) per step, and the saved residual map ``|x - G(z)|`` (``residual_abs.npy``: inside the
-    eroded brain, median-filtered). ``ks`` picks the slices (``k`` of slice_scores.csv);
-    ``device`` overrides the recorded one.
+    Draws what the scoring step saved while it mapped (``score/mapping_snapshots.npz``,
+    :func:`glio_kit.detect.scoring.load_mapping_snapshots`): the slices it picked, G(z) after a
+    few of the steps the recorded mapping method takes (one column, step 0, without a search),
+    and the saved residual map ``|x - G(z)|`` (``residual_abs.npy``: inside the eroded brain,
+    median-filtered). Columns: the input (red: ground-truth lesion), G(z) per step (with the
+    slice's mapping loss there), the residual map.
+
+    Parameters
+    ----------
+    run : RunDir
+        A run folder whose scoring step is done.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     s = score_settings(run)
-    df = load_slice_scores(run)
-    ks = list(ks) if ks is not None else pick_slices(df, n_healthy, n_tumour, s.seed)
-    n_steps = s.mapping_steps if s.mapping != "encoder" else 0
-    if steps is None:
-        steps = sorted({int(round(t)) for t in np.geomspace(1, n_steps + 1, 5) - 1}) if n_steps else [0]
-    steps = sorted({int(t) for t in steps if 0 <= int(t) <= n_steps})
-    dev = choose_device(device or s.device)
-    G, D, _ = load_models(run, dev)
-    E = load_encoder(run, dev) if s.mapping != "iterative" else None
-    starts = initial_latents(len(df), G.latent_dim, s.restarts, s.seed)
-    by_k = df.set_index("k")
-    rows = by_k.loc[ks, "row"].to_numpy()
-    x = np.asarray(cache.images[rows], dtype=np.float32)
-    res = map_slices(G, D, x, s, E=E, z0=starts[:, ks], record_steps=steps)
+    snap = load_mapping_snapshots(run)
+    by_k = load_slice_scores(run).set_index("k")
+    ks, steps = snap["k"].tolist(), snap["steps"].tolist()
     residual = load_residual_maps(run, "absolute")
     ncol = len(steps) + 2
-    fig, axes = plt.subplots(len(ks), ncol, figsize=(1.45 * ncol, 1.5 * len(ks) + 0.5), squeeze=False)
+    nrow = max(len(ks), 1)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.45 * ncol, 1.5 * nrow + 0.5), squeeze=False)
     for i, k in enumerate(ks):
         r = by_k.loc[k]
-        show_slice(axes[i, 0], x[i], np.asarray(cache.lesion[rows[i]]), "input x" if i == 0 else "")
+        show_slice(axes[i, 0], snap["x"][i], snap["lesion"][i], "input x" if i == 0 else "")
         group = "tumour" if r["label"] == 1 else "healthy"
         axes[i, 0].set_ylabel(f"{group}\n{r['subject']}"[:28], fontsize=7)
         for j, t in enumerate(steps):
-            axes[i, j + 1].imshow(res.snapshots[t][i, 0].float().numpy(), **GREY)
+            axes[i, j + 1].imshow(snap["gz"][i, j], **GREY)
+            axes[i, j + 1].set_xlabel(f"loss {snap['loss'][i, t]:.4g}", fontsize=6)
             if i == 0:
                 axes[i, j + 1].set_title(f"G(z), step {t}", fontsize=8)
         axes[i, -1].imshow(residual[k], **RESIDUAL)
-        for ax in axes[i]:
-            bare(ax)
+    for ax in axes.flat:
+        bare(ax)
     axes[0, -1].set_title("|x - G(z)| in brain", fontsize=8)
     fig.suptitle(f"Latent mapping ({s.mapping}, lr {s.mapping_lr}, lambda {s.lam})", fontsize=9)
     fig.tight_layout()

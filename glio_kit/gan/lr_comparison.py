@@ -21,7 +21,8 @@ from ..device import choose_device, seed_everything
 from ..progress import quiet
 from .samples import fixed_samples
 from .slice_batches import SliceBatches
-from .train import build_gan, fixed_latents, precision, random_streams, train_epoch, training_rows
+from .build import build_gan, fixed_latents, precision, random_streams, training_rows
+from .train import train_epoch
 
 __all__ = ["compare_learning_rates", "LearningRateComparison"]
 
@@ -63,7 +64,7 @@ def compare_learning_rates(cache, settings: TrainSettings, lrs=(0.0002, 0.002), 
             for epoch in range(1, int(epochs) + 1):
                 bar.set_description(f"compare learning rates (lr {lr:g})")
                 perm = torch.randperm(len(rows), generator=shuffle_gen)
-                stats = train_epoch(gan, data.epoch(perm), noise_gen, autocast=prec.autocast, bar=bar,
+                stats = train_epoch(gan, data, perm, noise_gen, autocast=prec.autocast, bar=bar,
                                     epoch=epoch)
                 history.append(dict(epoch=epoch, loss_d=stats.loss_d, loss_g=stats.loss_g, d_x=stats.d_x,
                                     d_g_z=stats.d_g_z))

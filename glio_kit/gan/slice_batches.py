@@ -96,13 +96,17 @@ class SliceBatches:
 
     def epoch(self, perm: torch.Tensor):
         """Yield the batches of one epoch in the order of ``perm`` (a CPU permutation of the rows)."""
-        pieces = self.split(perm)
+        return self.batches(self.split(perm))
+
+    def batches(self, pieces: list[torch.Tensor]):
+        """Yield the batch of each index list of ``pieces`` (positions in ``rows``), in order:
+        (b, 1, H, W) float32 on the device. A process of a distributed training loads its
+        shares of the global batches this way."""
+        if not pieces:
+            return
         if self.mode == "device":
-            perm_dev = perm.to(self.device)
-            start = 0
             for p in pieces:
-                x = self.data.index_select(0, perm_dev[start:start + len(p)])
-                start += len(p)
+                x = self.data.index_select(0, p.to(self.device))
                 yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
             return
         with ThreadPoolExecutor(max_workers=1) as pool:  # read the next batch while this one trains

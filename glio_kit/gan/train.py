@@ -6,6 +6,10 @@ networks (the paper says lr 0.002 and the profiles use it; DCGAN's usual value i
 :func:`train_epoch` calls it on every batch of an epoch and :func:`train_dcgan` runs the
 epochs, with what a reproduction needs around them:
 
+- one loop for one process and for torchrun: inside a process group (``torchrun -m
+  glio_kit.run.torchrun``) the same loop runs in its DDP mode (``if ddp:``), each process on
+  its share of every global batch (:mod:`glio_kit.gan.ddp`), process 0 writing the files;
+
 - the healthy ``train`` slices of the slice cache in random batches
   (:class:`~glio_kit.gan.slice_batches.SliceBatches`: on the GPU when they fit);
 - seeded and repeatable: the shuffling, the noise and the fixed sample latents come from
@@ -20,7 +24,6 @@ epochs, with what a reproduction needs around them:
 """
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -30,39 +33,24 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .checkpoints import (checkpoint_path, load_models, make_checkpoint, restore_rng, resumable_checkpoint,
-                          rng_state, save_checkpoint)
-from ..atomic import atomic_path
+from ..errors import GlioKitError
+from ..progress import tqdm
 from ..run.config import TrainSettings
-from ..errors import InputError, RunFolderError
-from .model import build_models
 from ..device import choose_device, seed_everything
 from ..progress import quiet
-from .samples import GRID_NROW, N_SAMPLES, SAMPLES, fixed_samples, save_grid, save_real_grid
+from .build import (GAN, NOISE_SEED_OFFSET, RESEED_STRIDE, build_gan, fixed_latents, precision,
+                    random_streams, training_rows)
+from .checkpoints import (checkpoint_path, load_models, make_checkpoint, restore_rng, resumable_checkpoint,
+                          rng_state, save_checkpoint)
+from .ddp import (all_reduce, barrier, broadcast, distributed, epoch_shares, global_batchnorm, rank,
+                  rank_device, world, wrap)
+from .loss_log import LOSS_COLUMNS, LOSSES, log_epoch, read_losses
+from .samples import GRID_NROW, SAMPLES, fixed_samples, save_grid, save_real_grid
 from .slice_batches import SliceBatches
 
-__all__ = ["dcgan_step", "StepStats", "update_ema", "train_epoch", "EpochStats", "train_dcgan", "build_gan",
-           "GAN", "Precision", "precision", "random_streams", "fixed_latents", "training_rows", "read_losses",
-           "LOSS_COLUMNS", "LOSSES", "SHUFFLE_SEED_OFFSET", "NOISE_SEED_OFFSET", "FIXED_Z_SEED_OFFSET",
-           "RESEED_STRIDE",
-           "load_models"]  # re-exported: its home is glio_kit.gan.checkpoints
-
-# The weights are initialised from the global RNG seeded with ``seed``. The shuffling, the noise
-# z and the fixed latents of the sample grids each have a generator of their own, seeded
-# ``seed + offset``, so that these three streams do not depend on each other: another batch size
-# draws noise in other pieces but shuffles the same way, and the fixed latents of Figure 3 are the
-# same whatever the training does.
-SHUFFLE_SEED_OFFSET = 1
-NOISE_SEED_OFFSET = 2
-FIXED_Z_SEED_OFFSET = 3
-#: A training resumed on another device type cannot take its noise generator's saved state (CPU
-#: and CUDA generators differ), so the generator is reseeded with
-#: ``seed + NOISE_SEED_OFFSET + RESEED_STRIDE * epoch``: a prime stride, so each epoch's new
-#: stream differs from the streams above and from the other epochs'.
-RESEED_STRIDE = 7919
-
-LOSSES = Path("train") / "losses.csv"  # inside the run folder
-LOSS_COLUMNS = ["epoch", "loss_d", "loss_g", "d_x", "d_g_z", "seconds", "images_per_s"]
+__all__ = ["dcgan_step", "StepStats", "train_epoch", "EpochStats", "train_dcgan",
+           # re-exported: their homes are glio_kit.gan.checkpoints and glio_kit.gan.loss_log
+           "load_models", "read_losses", "LOSS_COLUMNS", "LOSSES"]
 
 #: The loss of PyTorch's example (``nn.BCELoss`` after a sigmoid), taking the logits directly
 #: (the sigmoid inside the loss is numerically stable, and safe under autocast).
@@ -120,123 +108,9 @@ def dcgan_step(G: nn.Module, D: nn.Module, opt_G, opt_D, real: torch.Tensor, z: 
                          torch.sigmoid(out_fake.detach().float()))
 
 
-@torch.no_grad()
-def update_ema(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
-    """Move the averaged generator towards G after an update: ``w_ema = decay * w_ema + (1 -
-    decay) * w`` for every weight and BatchNorm running statistic (counters are copied).
-
-    With decay d the average reaches back about 1 / (1 - d) updates (0.995: 200). ``G`` may be
-    wrapped by DistributedDataParallel.
-    """
-    src = getattr(G, "module", G).state_dict()
-    for name, w_ema in G_ema.state_dict().items():
-        w = src[name]
-        if w_ema.is_floating_point():
-            w_ema.lerp_(w.to(w_ema.dtype), 1.0 - decay)
-        else:
-            w_ema.copy_(w)
-
-
-# ------------------------------------------------------------ models and precision
-class Precision(NamedTuple):
-    """How the update computes: autocast mixed precision and channels-last memory on CUDA with
-    ``amp`` (bf16 where supported, else fp16 with a GradScaler); plain float32 elsewhere."""
-
-    device_type: str
-    amp: bool
-    dtype: torch.dtype
-
-    def autocast(self):
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype, enabled=self.amp)
-
-    def scaler(self):
-        return torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
-
-    @property
-    def memory_format(self):
-        return torch.channels_last if self.amp else torch.contiguous_format
-
-    @property
-    def name(self) -> str:
-        return str(self.dtype).replace("torch.", "") if self.amp else "float32"
-
-
-def precision(amp: bool, device: torch.device) -> Precision:
-    """The :class:`Precision` of a training with ``amp`` on ``device`` (mixed only on CUDA)."""
-    use_amp = bool(amp) and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    return Precision(device.type, use_amp, dtype)
-
-
-class GAN(NamedTuple):
-    """The two networks, their Adam optimisers and the gradient scaler of fp16; with
-    ``ema_decay > 0`` also the moving average of G (:func:`update_ema`), which sampling and
-    mapping use."""
-
-    G: nn.Module
-    D: nn.Module
-    opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    G_ema: nn.Module | None = None
-    ema_decay: float = 0.0
-
-    @property
-    def G_sampling(self) -> nn.Module:
-        """The generator the samples and the later steps use: the average when there is one."""
-        return self.G if self.G_ema is None else self.G_ema
-
-    def update_average(self) -> None:
-        """After an update of G: move its moving average, when there is one (:func:`update_ema`)."""
-        if self.G_ema is not None:
-            update_ema(self.G_ema, self.G, self.ema_decay)
-
-
-def build_gan(settings: TrainSettings, image_size, device: torch.device, prec: Precision,
-              lr: float | None = None) -> GAN:
-    """DCGAN-initialised models for ``image_size`` (H, W) on ``device``, Adam for both networks.
-
-    The initial weights come from the global torch RNG (seed it first), drawn on the CPU, so
-    the same seed gives the same weights on every device. ``lr``: default ``settings.lr``.
-    """
-    G, D = build_models(settings.latent_dim, settings.ngf, settings.ndf, image_size)
-    G.to(device, memory_format=prec.memory_format)
-    D.to(device, memory_format=prec.memory_format)
-    lr = settings.lr if lr is None else lr
-    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(settings.beta1, settings.beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(settings.beta1, settings.beta2))
-    G_ema = None
-    if settings.ema_decay > 0:  # starts as G; never trained, only averaged
-        G_ema = copy.deepcopy(G).requires_grad_(False)
-    return GAN(G, D, opt_G, opt_D, prec.scaler(), G_ema, settings.ema_decay)
-
-
-def random_streams(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """``(shuffle_gen, noise_gen)``: the generators of the batch order (CPU) and of z (``device``)."""
-    shuffle_gen = torch.Generator().manual_seed(seed + SHUFFLE_SEED_OFFSET)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + NOISE_SEED_OFFSET)
-    return shuffle_gen, noise_gen
-
-
-def fixed_latents(seed: int, latent_dim: int) -> torch.Tensor:
-    """The fixed latent batch of the sample grids, (16, latent_dim, 1, 1), on the CPU."""
-    gen = torch.Generator().manual_seed(seed + FIXED_Z_SEED_OFFSET)
-    return torch.randn(N_SAMPLES, latent_dim, 1, 1, generator=gen)
-
-
-def training_rows(cache):
-    """The rows of the healthy ``train`` slices of ``cache`` (at least two: BatchNorm)."""
-    rows = cache.rows(split="train")
-    if len(rows) < 2:
-        raise InputError(getattr(cache, "folder", "cache"),
-                         f"needs at least 2 healthy training slices to train the DCGAN (BatchNorm), found "
-                         f"{len(rows)}; check the split column of the cache's index")
-    return rows
-
-
 # ------------------------------------------------------------------------ one epoch
 class EpochStats(NamedTuple):
-    """Means over an epoch's images of what :func:`dcgan_step` reports."""
+    """Means over an epoch's images (of all processes) of what :func:`dcgan_step` reports."""
 
     loss_d: float
     loss_g: float
@@ -245,27 +119,56 @@ class EpochStats(NamedTuple):
     images: int  # images trained on
 
 
-def train_epoch(gan: GAN, batches, noise_gen: torch.Generator, *, autocast=nullcontext, bar=None,
-                epoch: int = 0) -> EpochStats:
-    """:func:`dcgan_step` on every batch of ``batches`` ((B, 1, H, W) tensors), with noise z
-    from ``noise_gen``. ``bar``: a tqdm bar over batches (its postfix shows the running means)."""
+def train_epoch(gan: GAN, data: SliceBatches, perm: torch.Tensor, noise_gen: torch.Generator, *,
+                rank: int = 0, world: int = 1, autocast=nullcontext, bar=None, epoch: int = 0) -> EpochStats:
+    """:func:`dcgan_step` on every batch of the epoch ``perm`` (or, in DDP mode, on this
+    process's share of every global batch: :func:`glio_kit.gan.ddp.epoch_shares`).
+
+    Parameters
+    ----------
+    gan : GAN
+        The models (DDP-wrapped in DDP mode) and their optimisers.
+    data : SliceBatches
+        The training slices; ``data.split(perm)`` cuts the epoch into (global) batches.
+    perm : torch.Tensor
+        (n_train,) the epoch's order of the training slices, the same in every process.
+    noise_gen : torch.Generator
+        The noise stream, on the training device. Every process draws the global batch's noise
+        (B, latent_dim, 1, 1) and takes its share of it, so the noise is that of one process.
+    rank, world : int
+        This process and the number of processes (0 and 1: one process).
+    bar : tqdm bar over batches or None; its postfix shows the running means.
+
+    Returns
+    -------
+    EpochStats
+        The epoch's means over all processes' images.
+    """
     device = noise_gen.device  # the training device
-    acc = torch.zeros(4, device=device)  # sums over images: loss_d, loss_g, D(x), D(G(z))
+    latent_dim = getattr(gan.G, "module", gan.G).latent_dim
+    acc = torch.zeros(5, device=device)  # sums over images: loss_d, loss_g, D(x), D(G(z)); then images
+    shares = epoch_shares(data, perm, rank, world)  # one process: [(batch, len(batch), 0)]
     n_seen, last_post = 0, 0.0
-    for real in batches:
-        b = real.shape[0]
-        z = torch.randn(b, gan.G.latent_dim, 1, 1, device=device, generator=noise_gen)
-        st = dcgan_step(gan.G, gan.D, gan.opt_G, gan.opt_D, real, z, scaler=gan.scaler, autocast=autocast)
-        gan.update_average()
+    for real, (idx, size, start) in zip(data.batches([share for share, _, _ in shares]), shares):
+        b = len(idx)
+        z = torch.randn(size, latent_dim, 1, 1, device=device, generator=noise_gen)[start:start + b]
+        weight = b * world / size  # unequal shares: the averaged gradient is still the global batch's mean
+        crit = BCE if weight == 1.0 else (lambda out, lab, w=weight: BCE(out, lab) * w)
+        st = dcgan_step(gan.G, gan.D, gan.opt_G, gan.opt_D, real, z, criterion=crit, scaler=gan.scaler,
+                        autocast=autocast)
+        gan.update_average()  # in every process: G is the same everywhere, so is its average
         with torch.no_grad():
-            acc += torch.stack([st.loss_d.float() * b, st.loss_g.float() * b, st.d_x.sum(), st.d_g_z.sum()])
+            acc[:4] += torch.stack([st.loss_d.float() * b / weight, st.loss_g.float() * b / weight,
+                                    st.d_x.sum(), st.d_g_z.sum()])
         n_seen += b
         if bar is not None and not bar.disable:
             bar.update(1)
             if time.monotonic() - last_post > 1.0:  # one device sync a second, not one a batch
                 last_post = time.monotonic()
-                _show_stats(bar, epoch, _means(acc, n_seen), refresh=False)
-    return _means(acc, n_seen)
+                _show_stats(bar, epoch, _means(acc[:4], n_seen), refresh=False)
+    acc[4] = n_seen
+    all_reduce(acc)  # DDP mode: the means over every process's images
+    return _means(acc[:4], int(acc[4]))
 
 
 def _means(acc: torch.Tensor, n_seen: int) -> EpochStats:
@@ -279,36 +182,6 @@ def _show_stats(bar, epoch: int, s: EpochStats, refresh: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------- the step
-def read_losses(run) -> pd.DataFrame:
-    """``<run>/train/losses.csv``: one row per epoch, columns :data:`LOSS_COLUMNS` (seconds,
-    images per second), empty before the first epoch."""
-    p = Path(run / LOSSES)
-    if not p.exists():
-        return pd.DataFrame(columns=LOSS_COLUMNS)
-    try:
-        losses = pd.read_csv(p)
-    except Exception as err:  # noqa: BLE001 - EmptyDataError, ParserError, UnicodeDecodeError, ...
-        losses, problem = None, f"{type(err).__name__}: {err}"
-    if losses is not None:
-        missing = [c for c in LOSS_COLUMNS if c not in losses.columns]
-        problem = f"columns {missing} are missing" if missing else ""
-    if problem:
-        raise RunFolderError(f"{p}: the training's loss log cannot be read ({problem}); it is damaged or "
-                             f"was cut short. Redo the training (`glio-kit run --force train`, or notebook "
-                             f"02 with overwrite=True), or use a new run folder")
-    return losses
-
-
-def _log_epoch(run, losses: pd.DataFrame, epoch: int, s: EpochStats, seconds: float) -> pd.DataFrame:
-    row = dict(epoch=epoch, loss_d=s.loss_d, loss_g=s.loss_g, d_x=s.d_x, d_g_z=s.d_g_z, seconds=seconds,
-               images_per_s=s.images / seconds)
-    new = pd.DataFrame([row])
-    losses = pd.concat([losses, new], ignore_index=True) if len(losses) else new
-    with atomic_path(run / LOSSES) as tmp:  # a kill while writing leaves the previous log whole
-        losses[LOSS_COLUMNS].to_csv(tmp, index=False)
-    return losses
-
-
 def _start_or_resume(run, gan: GAN, config: dict, settings: TrainSettings, resume: bool, shuffle_gen,
                      noise_gen) -> tuple[int, torch.Tensor | None]:
     """Continue from ``last.pt`` when it holds a training of ``config`` (models, optimisers,
@@ -367,78 +240,147 @@ def _result(run, skipped: bool) -> dict:
     return out
 
 
+def _claim(run, cache, settings: TrainSettings, overwrite: bool, device: torch.device) -> bool:
+    """Claim the ``train`` step (process 0 only, in DDP mode); True when this exact training is
+    already done. Every process learns the answer, or that process 0 could not claim."""
+    image_size = [int(s) for s in cache.images.shape[1:]]
+    if not distributed():
+        done = run.claim_step("train", settings, extra={"image_size": image_size}, overwrite=overwrite)
+        return bool(done and checkpoint_path(run).exists())
+    done, failure = False, None
+    if rank() == 0:
+        try:
+            done = run.claim_step("train", settings, extra={"image_size": image_size}, overwrite=overwrite)
+            done = bool(done and checkpoint_path(run).exists())
+        except Exception as err:  # noqa: BLE001 - every process must learn that process 0 stopped
+            failure = err
+    flags = broadcast([float(done), float(failure is not None)], device)
+    if failure is not None:
+        raise failure
+    if flags[1]:
+        raise GlioKitError("process 0 could not start the training step; see its output")
+    return bool(flags[0])
+
+
+def _start(run, gan: GAN, config: dict, settings: TrainSettings, resume: bool, streams,
+           device: torch.device) -> tuple[int, torch.Tensor | None]:
+    """:func:`_start_or_resume` in process 0; in DDP mode the others then load the same
+    ``last.pt`` when it resumed. Returns (epochs done, the checkpoint's fixed latents or None)."""
+    start, saved_z = (0, None)
+    if rank() == 0:
+        start, saved_z = _start_or_resume(run, gan, config, settings, resume, *streams)
+    if distributed():
+        start = int(broadcast([start], device)[0])
+        if rank() != 0 and start > 0:
+            got, saved_z = _start_or_resume(run, gan, config, settings, True, *streams)
+            if got != start:
+                raise GlioKitError(f"{checkpoint_path(run)}: changed while the processes were starting; "
+                                   f"start the training again")
+    return start, saved_z
+
+
+def _write_epoch(run, gan: GAN, config: dict, streams, fixed_z: torch.Tensor, settings: TrainSettings,
+                 epoch: int, samples: torch.Tensor, losses: pd.DataFrame, stats: EpochStats, seconds: float,
+                 device: torch.device) -> pd.DataFrame:
+    """Process 0, after an epoch: the sample grid, the checkpoints and the losses row.
+
+    ``gan`` holds the unwrapped models (the checkpoint does not depend on the processes).
+    ``last.pt`` is written last: a crash before it resumes the epoch before.
+    """
+    save_grid(samples, run / SAMPLES / f"epoch_{epoch:03d}.png", nrow=GRID_NROW)
+    ckpt = make_checkpoint(epoch, gan, config, rng_state(*streams), fixed_z, device)
+    if epoch % max(1, settings.checkpoint_every) == 0 or epoch == settings.epochs:
+        save_checkpoint(ckpt, checkpoint_path(run, epoch))
+    losses = log_epoch(run, losses, epoch, stats, seconds)
+    save_checkpoint(ckpt, checkpoint_path(run))
+    return losses
+
+
+def _mark_done(run, losses: pd.DataFrame, settings: TrainSettings, **info) -> None:
+    """Process 0: the ``train`` step's record, with the last epoch's losses and ``info``."""
+    last = losses.iloc[-1]
+    run.mark_done("train", seconds=float(losses["seconds"].sum()), epochs=settings.epochs,
+                  loss_d=float(last["loss_d"]), loss_g=float(last["loss_g"]), d_x=float(last["d_x"]),
+                  d_g_z=float(last["d_g_z"]), images_per_s=float(losses["images_per_s"].mean()), **info)
+
+
 def train_dcgan(run, cache, settings: TrainSettings, resume: bool = True, progress: bool = True,
                 overwrite: bool = False, data_mode: str = "auto") -> dict:
     """Train the DCGAN on the healthy ``train`` slices of ``cache``; outputs in ``<run>/train/``.
 
-    run : :class:`~glio_kit.run.rundir.RunDir` whose ``prep`` step is done.
-    cache : the run's :class:`~glio_kit.data.preprocess.SliceCache` (``images`` (N, H, W) in [-1, 1],
-        ``rows(split=...)``).
-    settings : :class:`~glio_kit.run.config.TrainSettings`.
-    resume : continue from ``train/checkpoints/last.pt`` when it holds the same model and
-        training settings (an interrupted run, or more ``epochs`` with ``overwrite=True``);
-        the result is the same as training in one go.
-    overwrite : redo the step when the run folder holds a training with other settings
-        (otherwise that raises :class:`~glio_kit.errors.RunFolderError`).
+    One process, or every process of a torchrun start (:mod:`glio_kit.run.torchrun`): inside an
+    initialised process group the loop runs in its DDP mode (:mod:`glio_kit.gan.ddp`), each
+    process on its share of every global batch of ``settings.batch_size``, and ends with the
+    weights of one process trained on that batch (up to floating-point summation order).
+
+    Parameters
+    ----------
+    run : RunDir
+        The run folder (:class:`~glio_kit.run.rundir.RunDir`); its ``prep`` step is done.
+    cache : SliceCache
+        The run's slice cache (``images`` (N, H, W) in [-1, 1], ``rows(split=...)``).
+    settings : :class:`~glio_kit.run.config.TrainSettings`
+    resume : bool
+        Continue from ``train/checkpoints/last.pt`` when it holds the same model and training
+        settings (an interrupted run, or more ``epochs`` with ``overwrite=True``); the result is
+        the same as training in one go.
+    progress : bool, show a progress bar (process 0 only).
+    overwrite : bool
+        Redo the step when the run folder holds a training with other settings (otherwise that
+        raises :class:`~glio_kit.errors.RunFolderError`).
     data_mode : ``auto`` | ``device`` | ``host`` | ``memmap`` (where the slices are held).
 
-    Returns dict: ``epochs, loss_d, loss_g, d_x, d_g_z`` (last epoch), ``seconds`` (all
-    epochs), ``images_per_s`` (mean), ``losses`` (DataFrame), ``checkpoint``, ``skipped``
-    (True when this exact training was already done and nothing ran), ``device``,
-    ``resumed_from`` (epoch), ``data_mode``, ``n_train``, ``amp_dtype``.
+    Returns
+    -------
+    dict
+        ``epochs, loss_d, loss_g, d_x, d_g_z`` (last epoch), ``seconds`` (all epochs),
+        ``images_per_s`` (mean), ``losses`` (DataFrame), ``checkpoint``, ``skipped`` (True when
+        this exact training was already done and nothing ran), ``device``, ``resumed_from``
+        (epoch), ``data_mode``, ``n_train``, ``amp_dtype``; the same in every process.
     """
-    from ..progress import tqdm
-
-    image_size = [int(s) for s in cache.images.shape[1:]]
-    done = run.claim_step("train", settings, extra={"image_size": image_size}, overwrite=overwrite)
-    if done and checkpoint_path(run).exists():
+    ddp, rank_, world_ = distributed(), rank(), world()  # one process: False, 0, 1
+    device = rank_device(choose_device(settings.device))
+    if _claim(run, cache, settings, overwrite, device):
         return _result(run, skipped=True)
-    rows = training_rows(cache)
-    device = choose_device(settings.device)
-    prec = precision(settings.amp, device)
+    rows, prec = training_rows(cache), precision(settings.amp, device)
+    image_size = [int(s) for s in cache.images.shape[1:]]
     config = dict(settings.identity(), image_size=image_size)  # what last.pt must match to be continued
 
     # models, optimisers, random streams, fixed latents: all from the seed, the same on every device
     seed_everything(settings.seed)
-    gan = build_gan(settings, image_size, device, prec)
-    fixed_z = fixed_latents(settings.seed, settings.latent_dim)
-    shuffle_gen, noise_gen = random_streams(settings.seed, device)
-    start_epoch, saved_z = _start_or_resume(run, gan, config, settings, resume, shuffle_gen, noise_gen)
-    fixed_z = fixed_z if saved_z is None else saved_z
+    plain = build_gan(settings, image_size, device, prec)
+    if ddp:  # BatchNorm over the global batch
+        global_batchnorm(plain.G, device), global_batchnorm(plain.D, device)
+    streams = random_streams(settings.seed, device)
+    start_epoch, saved_z = _start(run, plain, config, settings, resume, streams, device)
+    fixed_z = fixed_latents(settings.seed, settings.latent_dim) if saved_z is None else saved_z
+    gan = plain._replace(G=wrap(plain.G, device), D=wrap(plain.D, device)) if ddp else plain
 
     losses = read_losses(run)
     losses = losses[losses["epoch"] <= start_epoch].reset_index(drop=True)
     data = SliceBatches(cache.images, rows, device, settings.batch_size, data_mode, channels_last=prec.amp)
-    if start_epoch == 0:  # real slices beside the samples (Figure 3)
+    if rank_ == 0 and start_epoch == 0:  # real slices beside the samples (Figure 3)
         save_real_grid(run / SAMPLES, cache.images, rows, settings.seed)
     fixed_dev = fixed_z.to(device)
-    every = max(1, settings.checkpoint_every)
-
-    bar = tqdm(total=settings.epochs * len(data), initial=start_epoch * len(data), desc="train DCGAN",
-               unit="batch", disable=not progress or quiet(), dynamic_ncols=True)
+    n_batches = len(epoch_shares(data, torch.arange(len(rows)), rank_, world_))
+    bar = tqdm(total=settings.epochs * n_batches, initial=start_epoch * n_batches, unit="batch",
+               desc=f"train DCGAN ({world_} processes)" if ddp else "train DCGAN",
+               disable=rank_ != 0 or not progress or quiet(), dynamic_ncols=True)
     with bar, _cudnn_autotuner(device):
         gan.G.train(), gan.D.train()
         for epoch in range(start_epoch + 1, settings.epochs + 1):
             t0 = time.perf_counter()
-            perm = torch.randperm(len(rows), generator=shuffle_gen)
-            stats = train_epoch(gan, data.epoch(perm), noise_gen, autocast=prec.autocast, bar=bar,
-                                epoch=epoch)
-
-            with prec.autocast():
-                samples = fixed_samples(gan.G_sampling, fixed_dev)
-            save_grid(samples, run / SAMPLES / f"epoch_{epoch:03d}.png", nrow=GRID_NROW)
-            ckpt = make_checkpoint(epoch, gan, config, rng_state(shuffle_gen, noise_gen), fixed_z, device)
-            if epoch % every == 0 or epoch == settings.epochs:
-                save_checkpoint(ckpt, checkpoint_path(run, epoch))
-            losses = _log_epoch(run, losses, epoch, stats, time.perf_counter() - t0)
-            save_checkpoint(ckpt, checkpoint_path(run))  # last: a crash before here resumes the epoch before
-            del ckpt
-            _show_stats(bar, epoch, stats)
-
-    last = losses.iloc[-1]
-    run.mark_done("train", seconds=float(losses["seconds"].sum()), epochs=settings.epochs,
-                  loss_d=float(last["loss_d"]), loss_g=float(last["loss_g"]), d_x=float(last["d_x"]),
-                  d_g_z=float(last["d_g_z"]), images_per_s=float(losses["images_per_s"].mean()),
-                  device=str(device), resumed_from=start_epoch, data_mode=data.mode, n_train=int(len(rows)),
-                  amp_dtype=prec.name)
+            perm = torch.randperm(len(rows), generator=streams[0])
+            stats = train_epoch(gan, data, perm, streams[1], rank=rank_, world=world_, autocast=prec.autocast,
+                                bar=bar, epoch=epoch)
+            with prec.autocast():  # in every process: in DDP mode BatchNorm's statistics are collective
+                samples = fixed_samples(plain.G_sampling, fixed_dev)
+            if rank_ == 0:  # one writer
+                losses = _write_epoch(run, plain, config, streams, fixed_z, settings, epoch, samples, losses,
+                                      stats, time.perf_counter() - t0, device)
+                _show_stats(bar, epoch, stats)
+    if rank_ == 0:
+        _mark_done(run, losses, settings, device=str(device), resumed_from=start_epoch, data_mode=data.mode,
+                   n_train=int(len(rows)), amp_dtype=prec.name, processes=world_)
+    barrier()  # the others read process 0's files
     return _result(run, skipped=False)

@@ -9,7 +9,7 @@ digests of the steps it reads) is compared with its record in ``<run>/steps/``:
   its products and its executed notebook in the run folder: **skip**;
 - an earlier step of this chain runs again: **run** (its old result would be stale);
 - other parameters (or an earlier step redone since): **stop** naming each changed value,
-  unless the record is an unfinished attempt that left nothing (:data:`STEP_PRODUCTS`),
+  unless the record is an unfinished attempt that left nothing (the table of steps' ``products``),
   which is simply replaced;
 - ``force`` from a step: that step and every step after it **run** (later steps that never
   ran in this folder are not added: they hold nothing stale), their records marked stale first.

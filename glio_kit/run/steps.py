@@ -63,7 +63,7 @@ STEPS: tuple[Step, ...] = (
     Step("train", "02_train_dcgan.ipynb", "glio_kit.gan.train:train_dcgan", TrainSettings, ("prep",),
          ("train/",), ("train/checkpoints/last.pt",), {**COMMON_PARAMETERS, **OVERWRITE}),
     Step("score", "03_scoring.ipynb", "glio_kit.detect.scoring:score_run", ScoreSettings, ("prep", "train"),
-         ("score/", "encoder/", "subjects.csv"), ("score/slice_scores.csv",),
+         ("score/", "subjects.csv"), ("score/slice_scores.csv",),
          {**COMMON_PARAMETERS, **OVERWRITE}),
     Step("residuals", "04_residuals.ipynb", "glio_kit.figures.widgets:residual_figures", ViewSettings,
          ("score",),
