@@ -2,7 +2,8 @@
 
 Other parts of glio-kit may move these functions; only this module names where they live.
 """
-from ..detect.mapping import anomaly_score, fit_scaling, frozen, map_iterative, mapping_loss
+from ..detect.mapping import frozen, map_iterative, mapping_loss
+from ..detect.slice_scores import anomaly_score, fit_scaling
 from ..detect.detectors import reduce_subjects
 from ..evaluate.metrics import rates, roc, threshold_at_fpr
 from ..gan.model import build_models
