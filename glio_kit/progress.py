@@ -34,7 +34,7 @@ def tqdm(iterable=None, *, total=None, desc: str = "", unit: str = "it", initial
     if os.environ.get(PROGRESS_ENV) == "lines":
         return LineBar(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable,
                        interval=interval)
-    from tqdm.auto import tqdm as auto
+    from tqdm.auto import tqdm as auto  # slow import (ipywidgets in JupyterLab): not in line mode
 
     return auto(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, **kwargs)
 

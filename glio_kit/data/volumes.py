@@ -127,6 +127,7 @@ def crop_pad(img: np.ndarray, box, fill: float) -> np.ndarray:
 
 def resize_slices(stack: np.ndarray, hw, kind: str = "image") -> np.ndarray:
     """Resize a (N, h, w) stack to (N, H, W): anti-aliased bilinear for images, nearest for masks."""
+    # slow import (torch, ~1 s): only when slices are resized, not for the volume checks
     import torch
     import torch.nn.functional as F
 

@@ -54,6 +54,8 @@ from .slice_scores import ScoreScaling, anomaly_score, fit_scaling
 from .residuals import residual_map
 from ..device import choose_device
 from ..progress import quiet
+from numpy.lib.format import open_memmap
+from ..progress import tqdm
 
 __all__ = ["score_run", "reduce_subjects", "load_slice_scores", "load_subject_scores", "load_reconstructions",
            "load_residual_maps", "load_mapping_history", "load_mapping_snapshots", "score_settings", "GROUPS",
@@ -229,9 +231,6 @@ def _map_all(sdir: Path, cache, rows: np.ndarray, idx: pd.DataFrame, G, D, E, se
              progress: bool) -> _Mapped:
     """Map the cache ``rows`` in batches; write ``recon.npy``, ``latents.npy`` and the residual
     maps (:data:`RESIDUAL_FILES`) into ``sdir`` as memory maps, in ``k`` order."""
-    from numpy.lib.format import open_memmap
-    from ..progress import tqdm
-
     m, (h, w) = len(rows), cache.images.shape[1:]
     steps = mapping_method(settings.mapping).steps(settings)
     # starts for the whole set at once: any subset can later be re-mapped from the same z0

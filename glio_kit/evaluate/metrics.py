@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import GlioKitError
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from ..detect.residuals import binarise
 
 #: The subject-level metrics every detector reports (and bootstraps).
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "subject_auc")
@@ -106,8 +108,6 @@ def roc(labels, scores) -> dict:
     Returns dict ``fpr``, ``tpr``, ``thresholds`` (arrays of one length) and ``auc``. With a
     single class present the curve is undefined: empty arrays and ``auc`` = nan.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     y = np.asarray(labels).astype(int).ravel()
     s = np.asarray(scores, dtype=float).ravel()
     if len(np.unique(y)) < 2:
@@ -248,10 +248,6 @@ def pixel_metrics(res_maps, lesion, brain, threshold: float, subjects=None, min_
     ``n_pixels``, ``lesion_fraction`` (share of in-brain pixels in the lesion: the AUPRC of
     chance).
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    from ..detect.residuals import binarise
-
     res = np.asarray(res_maps, dtype=np.float32)
     les = np.asarray(lesion) > 0
     inb = np.asarray(brain) > 0

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 
 from .style import GREY, LESION_COLOUR, RESIDUAL, RESIDUAL_COLOUR, bare, show_slice
+from matplotlib import patheffects
 
 #: What the browser draws over the input: the thresholded residual, the ground truth, both, none.
 OVERLAYS = ("residual", "ground truth", "both", "none")
@@ -29,8 +30,6 @@ def _contour(ax, lesion) -> None:
     """The ground truth's contour in :data:`~.style.LESION_COLOUR`, edged in white so that it shows
     on the residual's red-yellow colour map too."""
     if np.any(lesion):
-        from matplotlib import patheffects
-
         cs = ax.contour(np.asarray(lesion, float), levels=[0.5], colors=LESION_COLOUR, linewidths=0.9)
         cs.set(path_effects=[patheffects.withStroke(linewidth=2.4, foreground="white")])
 

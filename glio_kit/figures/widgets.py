@@ -21,6 +21,8 @@ from .residuals import OVERLAYS, draw_slice_panels, figure_input_generated_diffe
 from ..data.slice_cache import SliceCache
 from ..detect.scoring import (load_reconstructions, load_residual_maps, load_slice_scores,
                               load_subject_scores, score_settings)
+import base64
+import io
 
 __all__ = ["ResidualViewer", "BrowserState", "browser", "residual_figures", "OVERLAYS"]
 
@@ -146,8 +148,6 @@ def _snapshot_box(W):
         caption: str = "residual browser"
 
         def _repr_mimebundle_(self, **kwargs):
-            import base64
-
             data = super()._repr_mimebundle_(**kwargs) or {}
             data["text/plain"] = f"{self.caption} (live with a kernel; the picture is a snapshot)"
             if self.snapshot:
@@ -161,8 +161,7 @@ def browser(viewer: ResidualViewer, split: str = "test", threshold: float = 0.2)
     """An ipywidgets browser: subject dropdown, slice slider, overlay choice, residual
     threshold slider (generator units, :data:`THRESHOLD_RANGE`). Returns ``(widget, state)``;
     ``state.last`` says what was drawn. The widget's output keeps a PNG of its first view."""
-    import io
-
+    # only the live browser needs ipywidgets and IPython; the viewer and the figures do not
     import ipywidgets as W
     from IPython.display import display
 

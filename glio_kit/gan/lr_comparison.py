@@ -23,6 +23,7 @@ from .samples import fixed_samples
 from .slice_batches import SliceBatches
 from .build import build_gan, fixed_latents, precision, random_streams, training_rows
 from .train import train_epoch
+from ..progress import tqdm
 
 __all__ = ["compare_learning_rates", "LearningRateComparison"]
 
@@ -43,8 +44,6 @@ def compare_learning_rates(cache, settings: TrainSettings, lrs=(0.0002, 0.002), 
     Trained in memory: nothing is written and the run's model is not touched (the global
     random states are put back afterwards). ``n``: samples kept per learning rate (at most 16).
     """
-    from ..progress import tqdm
-
     rows = training_rows(cache)
     device = choose_device(settings.device)
     prec = precision(settings.amp, device)

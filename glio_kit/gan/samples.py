@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import RunFolderError
+import matplotlib.image as mpimg
 
 __all__ = ["N_SAMPLES", "GRID_NROW", "GRID_PAD", "SAMPLES", "tile_images", "save_grid", "read_grid",
            "fixed_samples", "save_real_grid", "grid_meta", "sample_epochs", "read_samples"]
@@ -53,8 +54,6 @@ def save_grid(images, path, nrow: int | None = None, pad: int = GRID_PAD) -> Pat
 def read_grid(path, height: int, width: int, n: int | None = None, nrow: int | None = None,
               pad: int = GRID_PAD) -> np.ndarray:
     """The (n, H, W) images in [-1, 1] of a grid written by :func:`save_grid`."""
-    import matplotlib.image as mpimg
-
     g = mpimg.imread(str(path))
     if g.ndim == 3:
         g = g[..., 0]

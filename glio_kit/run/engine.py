@@ -126,7 +126,7 @@ class Engine:
         if self.pool == "thread":
             self.executor = ThreadPoolExecutor(max_workers=self.workers)
             return self
-        from distributed import Client
+        from distributed import Client  # slow import (dask, ~1 s): only when a batch executes
 
         kind = self.cluster_spec.get("kind", "local")
         dashboard = self.cluster_spec.get("dashboard", ":8787")
@@ -149,7 +149,7 @@ class Engine:
 
     def _start_cluster(self, kind: str, dashboard: str):
         if kind == "local":
-            from distributed import LocalCluster
+            from distributed import LocalCluster  # slow import (dask): only for a local cluster
 
             return LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                 resources={RUN_RESOURCE: 1}, dashboard_address=dashboard, memory_limit=0)

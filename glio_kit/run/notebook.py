@@ -22,6 +22,8 @@ from ..paths import default_run_dir, notebooks_dir
 from .rundir import RunDir
 from .lock import hold_for_notebook
 from .steps import STEPS, step as get_step
+from datetime import datetime
+from ..atomic import write_text
 
 PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
 #: Versions and device of each notebook of a run (:func:`record_environment`).
@@ -123,10 +125,6 @@ def setup(step_name: str, namespace: dict):
 def record_environment(run: RunDir, step_name: str, info: dict) -> None:
     """Add this notebook's header (versions, device, profile, seed) and the time to
     ``<run>/environment.json`` under ``step_name``; the run report (:mod:`glio_kit.run.report`) shows it."""
-    from datetime import datetime
-
-    from ..atomic import write_text
-
     path = run / ENVIRONMENT
     try:
         env = json.loads(path.read_text()) if path.exists() else {}
@@ -149,8 +147,6 @@ def freeze_widgets(path) -> int:
     their text, and the notebook's saved widget state is dropped. Running the cell again in
     JupyterLab brings the live widget back. Returns the number of outputs changed.
     """
-    from ..atomic import write_text
-
     path = Path(path)
     nb = json.loads(path.read_text())
     changed = 0

@@ -125,6 +125,7 @@ def kernel_options() -> dict:
     from one folder at once then cross their messages ("Invalid Signature")."""
     opts: dict = {}
     if os.name == "posix":
+        # slow imports (Jupyter's configuration machinery): only when kernels are started
         from jupyter_core.paths import jupyter_runtime_dir
         from traitlets.config import Config
 
@@ -188,7 +189,7 @@ def _run_locked(run: RunDir, profile: str, params: dict, nbs: list[Path], force,
 def _run_step(run: RunDir, plan, profile: str, params: dict, out_dir: Path, log_output: bool,
               progress: bool) -> dict:
     """Execute one step's notebook (or skip it); its record is marked failed if it does not finish."""
-    import papermill as pm
+    import papermill as pm  # slow import (~1 s): only when a notebook runs
 
     nb, out, st = notebooks_dir() / plan.notebook, out_dir / plan.notebook, step(plan.step)
     if plan.action == "skip":

@@ -22,6 +22,7 @@ from .config import all_knobs, get_config
 from ..errors import GlioKitError, RunFolderError
 from .rundir import RunDir, param_changes, plain, step_digest
 from .steps import STEPS, step as get_step
+from ..data.preprocess import cohort_folders
 
 __all__ = ["StepPlan", "force_step", "plan_chain", "would_be_params"]
 
@@ -67,8 +68,6 @@ def would_be_params(name: str, settings, params: dict, image_size=None) -> dict:
     s = settings.step(name)
     extra = {}
     if name == "prep":
-        from ..data.preprocess import cohort_folders
-
         extra = cohort_folders(s, *(params.get(k) or "" for k in
                                     ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir")))
     elif name == "train":

@@ -20,6 +20,9 @@ import numpy as np
 from ...errors import RunFolderError
 from ...filelock import exclusive
 from .subject import synth_subject
+import nibabel as nib
+from ...progress import tqdm
+import multiprocessing as mp
 
 __all__ = ["make_cohort", "SYNTH_VERSION"]
 
@@ -73,8 +76,6 @@ def _subject_plan(n_train_healthy, n_test_healthy, n_test_tumor, seed, wmh_fract
 
 def _nifti(data, affine):
     """A NIfTI image of ``data`` with ``affine`` as qform and sform, units mm."""
-    import nibabel as nib
-
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(affine, code=1)
@@ -85,8 +86,6 @@ def _nifti(data, affine):
 def _save_t2(t2, affine, path):
     """Save T2 (X, Y, Z) float32 as int16 with a scale factor, as many scanners store it:
     12-bit-like raw values (the brightest voxel maps to 4000)."""
-    import nibabel as nib
-
     slope = float(np.float32(max(float(t2.max()), 1.0) / 4000.0))
     img = _nifti(np.round(t2 / slope).astype(np.int16), affine)
     img.header.set_slope_inter(slope, 0.0)
@@ -100,8 +99,6 @@ def _write_subject(job, root, voxel_size):
     Returns its ``cohort.json`` record (paths relative to ``root``). Module-level so that
     worker processes can run it.
     """
-    import nibabel as nib
-
     t2, seg, affine, info = synth_subject(job["kind"], job["seed"], voxel_size)
     folder = Path(root) / job["folder"]
     if job["kind"] == "tumor":
@@ -139,8 +136,6 @@ def _write_subjects(plan, root, voxel_size, workers, progress):
     records = [None] * len(plan)
     bar = None
     if progress:
-        from ...progress import tqdm
-
         bar = tqdm(total=len(plan), desc="synthetic cohort", unit="subject")
     if workers == 1:
         for i, job in enumerate(plan):
@@ -148,8 +143,6 @@ def _write_subjects(plan, root, voxel_size, workers, progress):
             if bar is not None:
                 bar.update()
     else:
-        import multiprocessing as mp
-
         # spawn: safe even when the parent (a notebook) has torch/OpenMP threads running.
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             futs = {pool.submit(_write_subject, job, root, voxel_size): i for i, job in enumerate(plan)}

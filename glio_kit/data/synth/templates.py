@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+import importlib.util
+import nibabel as nib
 
 __all__ = ["load_templates"]
 
@@ -25,8 +27,6 @@ def _template_dir() -> Path:
 
     (nilearn.datasets pulls in scikit-learn and costs seconds in every worker process.)
     """
-    import importlib.util
-
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("glio_kit.data.synth needs nilearn (it ships the MNI ICBM152 templates); "
@@ -49,8 +49,6 @@ def _source_maps():
     Returns ``({"mask", "gm", "wm"}, affine)``: float32 arrays of the template shape,
     brain mask and GM/WM probabilities in [0, 1].
     """
-    import nibabel as nib
-
     d = _template_dir()
     vols = {}
     for stem in ("t1", "gm", "wm"):
