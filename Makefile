@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/glio-kit run --profile demo --run-dir runs/demo
 
 # Lint (ruff: pyflakes + pycodestyle, line length 110), the notebooks' parameter cells in sync
-# with glio_kit/config.py, unit tests, then every notebook under nbval in the smoke profile
+# with glio_kit/run/config.py, unit tests, then every notebook under nbval in the smoke profile
 # (fresh temporary run folder). With Chromium and chromedriver installed (Debian: chromium,
 # chromium-driver) it also drives the residual browser in JupyterLab (tests/test_browser.py, ~1 min).
 test: $(STAMP)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from glio_kit.run import batch as B
+from glio_kit.run import grid as G
 from glio_kit.errors import GlioKitError
 from glio_kit.run.rundir import RunDir
 from glio_kit.run.steps import by_notebook
@@ -74,61 +75,61 @@ def write_grid(tmp_path, grid, base=None, profile="smoke"):
 
 # --------------------------------------------------------------- pure functions
 def test_grid_expansion_and_names():
-    pts = B.expand_grid({"lam": [0, 0.1, 0.5], "mapping": ["iterative", "encoder"]})
+    pts = G.expand_grid({"lam": [0, 0.1, 0.5], "mapping": ["iterative", "encoder"]})
     assert len(pts) == 6 and pts[0] == {"lam": 0, "mapping": "iterative"} and pts[1]["mapping"] == "encoder"
-    assert B.run_name({"lam": 0.1, "mapping": "encoder"}) == "lam=0.1_mapping=encoder"
-    assert B.run_name({"image_size": [64, 64]}) == "image_size=64x64"
-    assert B.run_name({"data": "/x/y z"}) == "data=-x-y-z"
-    assert B.run_name({"amp": True}) == "amp=true"
-    assert B.expand_grid({}) == [{}] and B.run_name({}) == "base"
+    assert G.run_name({"lam": 0.1, "mapping": "encoder"}) == "lam=0.1_mapping=encoder"
+    assert G.run_name({"image_size": [64, 64]}) == "image_size=64x64"
+    assert G.run_name({"data": "/x/y z"}) == "data=-x-y-z"
+    assert G.run_name({"amp": True}) == "amp=true"
+    assert G.expand_grid({}) == [{}] and G.run_name({}) == "base"
 
 
 def test_examples_are_valid_grids():
     from glio_kit.paths import project_root
 
-    demo = B.load_grid(project_root() / "examples" / "grid.yaml")
-    assert demo["profile"] == "demo" and len(B.plan_runs(demo)) == 6
-    smoke = B.load_grid(project_root() / "examples" / "grid_smoke.yaml")
-    assert smoke["profile"] == "smoke" and len(B.plan_runs(smoke)) == 4
+    demo = G.load_grid(project_root() / "examples" / "grid.yaml")
+    assert demo["profile"] == "demo" and len(G.plan_runs(demo)) == 6
+    smoke = G.load_grid(project_root() / "examples" / "grid_smoke.yaml")
+    assert smoke["profile"] == "smoke" and len(G.plan_runs(smoke)) == 4
 
 
 def test_bad_grid_files(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text("profile: smoke\nout: x\ngrid:\n  lam: 0.1\n")
     with pytest.raises(GlioKitError, match="list"):
-        B.load_grid(p)
+        G.load_grid(p)
     p.write_text("profile: smoke\ngrid: {lam: [0]}\n")
     with pytest.raises(GlioKitError, match="out"):
-        B.load_grid(p)
+        G.load_grid(p)
     p.write_text("profile: fast\nout: x\n")
     with pytest.raises(GlioKitError, match="profile"):
-        B.load_grid(p)
+        G.load_grid(p)
     with pytest.raises(GlioKitError, match="not found"):
-        B.load_grid(tmp_path / "missing.yaml")
+        G.load_grid(tmp_path / "missing.yaml")
 
 
 def test_prefix_sharing_rules():
     def runs(grid, base=None):
         spec = dict(profile="smoke", out="x", base=base or {"seed": 0}, grid=grid)
-        return B.plan_runs(spec)
+        return G.plan_runs(spec)
 
     # lam and mapping are parameters of later notebooks: all four runs share one prefix
     r = runs({"lam": [0, 0.5], "mapping": ["iterative", "encoder"]})
-    groups = B.share_prefixes(r, DECLARED, "smoke")
+    groups = G.share_prefixes(r, DECLARED, "smoke")
     assert list(groups.values()) == [[x["name"] for x in r]]
     # epochs is a training parameter: runs with different epochs never share
     r = runs({"epochs": [1, 2], "lam": [0, 0.5]})
-    groups = B.share_prefixes(r, DECLARED, "smoke")
+    groups = G.share_prefixes(r, DECLARED, "smoke")
     assert sorted(map(sorted, groups.values())) == [["epochs=1_lam=0", "epochs=1_lam=0.5"],
                                                     ["epochs=2_lam=0", "epochs=2_lam=0.5"]]
     assert len(set(groups)) == 2
     # a grid over epochs only: nobody shares
-    assert B.share_prefixes(runs({"epochs": [1, 2]}), DECLARED, "smoke") == {}
+    assert G.share_prefixes(runs({"epochs": [1, 2]}), DECLARED, "smoke") == {}
     # the profile is part of the prefix, run_dir is not
     a = {"seed": 0, "epochs": 1, "run_dir": "a"}
-    assert B.prefix_key(a, DECLARED, "smoke") == B.prefix_key(dict(a, run_dir="b"), DECLARED, "smoke")
-    assert B.prefix_key(a, DECLARED, "smoke") != B.prefix_key(a, DECLARED, "demo")
-    assert (B.prefix_params(dict(a, lam=0.3), DECLARED, "smoke")
+    assert G.prefix_key(a, DECLARED, "smoke") == G.prefix_key(dict(a, run_dir="b"), DECLARED, "smoke")
+    assert G.prefix_key(a, DECLARED, "smoke") != G.prefix_key(a, DECLARED, "demo")
+    assert (G.prefix_params(dict(a, lam=0.3), DECLARED, "smoke")
             == {"epochs": 1, "seed": 0, "profile": "smoke"})
 
 
@@ -247,8 +248,8 @@ def test_synthetic_cohorts_prepared_once_per_seed(monkeypatch):
     made = []
     monkeypatch.setattr(P, "resolve_cohort", lambda s, *a, **k: made.append((s.profile, s.seed)))
     spec = dict(profile="smoke", out="x", base={}, grid={"seed": [0, 1], "lam": [0, 0.5]})
-    assert B.prepare_synthetic_cohorts(B.plan_runs(spec), "smoke", say=lambda *a: None) == 2
+    assert B.prepare_synthetic_cohorts(G.plan_runs(spec), "smoke", say=lambda *a: None) == 2
     assert made == [("smoke", 0), ("smoke", 1)]
     made.clear()
     spec["base"] = {"train_healthy_dir": "a", "test_healthy_dir": "b", "test_tumor_dir": "c"}
-    assert B.prepare_synthetic_cohorts(B.plan_runs(spec), "smoke", say=lambda *a: None) == 0 and made == []
+    assert B.prepare_synthetic_cohorts(G.plan_runs(spec), "smoke", say=lambda *a: None) == 0 and made == []

@@ -18,6 +18,7 @@ import pytest
 from test_batch import DECLARED, FakeRunner, write_grid
 
 from glio_kit.run import batch as B
+from glio_kit.run import grid as G
 from glio_kit.run.engine import Engine, check_cluster, jobqueue_cluster
 from glio_kit.errors import GlioKitError
 
@@ -135,14 +136,14 @@ def test_cluster_section_is_checked(tmp_path):
             check_cluster(bad, "g.yaml")
     p = tmp_path / "g.yaml"
     p.write_text("profile: smoke\nout: x\ncluster:\n  kind: pbs\n  cores: 2\n  memory: 4GB\n")
-    assert B.load_grid(p)["cluster"] == {"kind": "pbs", "options": {"cores": 2, "memory": "4GB"}}
+    assert G.load_grid(p)["cluster"] == {"kind": "pbs", "options": {"cores": 2, "memory": "4GB"}}
 
 
 def test_slurm_example_makes_a_gpu_job_script():
     from glio_kit.paths import project_root
 
-    spec = B.load_grid(project_root() / "examples" / "grid_slurm.yaml")
-    assert spec["profile"] == "paper" and len(B.plan_runs(spec)) == 6
+    spec = G.load_grid(project_root() / "examples" / "grid_slurm.yaml")
+    assert spec["profile"] == "paper" and len(G.plan_runs(spec)) == 6
     c = spec["cluster"]
     assert c["kind"] == "slurm" and c["workers"] == 3
     cluster = jobqueue_cluster("slurm", c["options"], "127.0.0.1:0")  # no job is submitted before scale()

@@ -89,20 +89,17 @@ def _manifest_row(csv_path: Path, where: str, get: dict) -> Subject:
 
     if not get["image"]:
         raise InputError(csv_path, f"{where}: subject {sid!r} has an empty image path")
-    image = resolve(get["image"])
-    _check_listed(csv_path, where, "image", image, sid)
-    if not image.is_file():
-        raise InputError(csv_path, f"{where}: image file {image} of subject {sid!r} "
-                                   "does not exist (relative paths are taken from the "
-                                   "CSV's folder)")
-    mask = None
-    if get.get("mask"):
-        mask = resolve(get["mask"])
-        _check_listed(csv_path, where, "mask", mask, sid)
-        if not mask.is_file():
-            raise InputError(csv_path, f"{where}: mask file {mask} of subject {sid!r} "
-                                       "does not exist (leave the cell empty when "
-                                       "there is no mask)")
+
+    def listed(kind: str, hint: str) -> Path:
+        path = resolve(get[kind])
+        _check_listed(csv_path, where, kind, path, sid)
+        if not path.is_file():
+            raise InputError(csv_path, f"{where}: {kind} file {path} of subject {sid!r} does not exist "
+                                       f"({hint})")
+        return path
+
+    image = listed("image", "relative paths are taken from the CSV's folder")
+    mask = listed("mask", "leave the cell empty when there is no mask") if get.get("mask") else None
     try:
         label = parse_label(get["label"])
     except ValueError as exc:
