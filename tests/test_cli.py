@@ -106,3 +106,17 @@ def test_no_half_made_run_folder_when_the_notebooks_are_missing(monkeypatch, tmp
     with pytest.raises(GlioKitError, match="incomplete"):
         runner.run_chain(tmp_path / "r", "smoke")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_misspelt_knob_names_the_nearest_one(tmp_path, capsys):
+    """`-p lamda=0.5` stops before any notebook starts and suggests `lam`, instead of listing every
+    knob; a grid file's misspelt name gets the same message."""
+    assert main(["run", "--profile", "smoke", "--run-dir", str(tmp_path / "r"), "-p", "lamda=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "'lamda' (did you mean 'lam'?)" in err and "mapping_lr" not in err
+    assert not (tmp_path / "r").exists()
+    from glio_kit.run.steps import refuse_unknown_parameters
+
+    with pytest.raises(GlioKitError, match=r"'epoch' \(did you mean 'epochs'\?\), 'zzz' are not declared"):
+        refuse_unknown_parameters({"epoch", "zzz", "lam"}, {"epochs", "lam"})
+    refuse_unknown_parameters({"lam"}, {"epochs", "lam"})  # known names pass

@@ -52,6 +52,7 @@ from .batch_summary import error_line as _error_line
 from .config import PrepSettings, get_config
 from .engine import Engine
 from .runner import run_chain
+from .steps import refuse_unknown_parameters
 from ..atomic import write_text
 from .batch_summary import summarise
 from ..errors import GlioKitError
@@ -219,11 +220,9 @@ def _plan_batch(grid_path, declared: dict | None) -> _Plan:
     if not declared:
         raise GlioKitError("no notebooks found to run")
     runs = plan_runs(spec)
-    all_names = set().union(*declared.values())
-    bad = sorted({k for r in runs for k in r["params"]} - all_names)
-    if bad:
-        raise GlioKitError(f"{grid_path}: parameter(s) {bad} are not declared by any notebook; "
-                           f"known: {sorted(all_names - set(NOT_SHARED_KEYS))}")
+    known = set().union(*declared.values()) - set(NOT_SHARED_KEYS)
+    refuse_unknown_parameters({k for r in runs for k in r["params"]} - set(NOT_SHARED_KEYS), known,
+                              f"{grid_path}: ")
     return _Plan(spec, declared, runs, out)
 
 

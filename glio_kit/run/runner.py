@@ -23,7 +23,7 @@ from ..progress import terminal_progress
 from .rundir import RunDir
 from ..paths import default_data_dir, notebooks_dir
 from .step_plan import force_step, plan_chain
-from .steps import STEPS, all_parameters, by_notebook, step
+from .steps import STEPS, all_parameters, by_notebook, refuse_unknown_parameters, step
 
 
 def copy_notebooks(dest, exercises: bool = False,
@@ -63,10 +63,7 @@ def available_notebooks() -> list[Path]:
 
 def check_parameters(params: dict, where: str = "") -> None:
     """Refuse names that no step declares (catches typos such as ``-p epoch=3``)."""
-    unknown = sorted(set(params) - all_parameters())
-    if unknown:
-        raise GlioKitError(f"{where}parameter(s) {unknown} are not declared by any notebook; "
-                           f"known: {sorted(all_parameters())}")
+    refuse_unknown_parameters(params, all_parameters(), where)
 
 
 def notebook_parameters(notebook: str, params: dict) -> dict:

@@ -8,7 +8,10 @@ table; nothing else lists the steps. Data flows one way::
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+
+from ..errors import GlioKitError
 
 from .config import (EvaluateSettings, PrepSettings, ScoreSettings, StepSettings, TrainSettings,
                      ViewSettings)
@@ -97,3 +100,35 @@ def by_notebook(notebook: str) -> Step:
 def all_parameters() -> set[str]:
     """Every name any notebook declares (what ``-p`` and grid files accept, plus cohort folders)."""
     return set().union(*[set(s.parameter_names()) for s in STEPS])
+
+
+def refuse_unknown_parameters(names, known, where: str = "") -> None:
+    """Stop on parameter names no notebook declares, naming the nearest known name for each.
+
+    Parameters
+    ----------
+    names : iterable of str
+        The names given (``-p name=value``, a grid file's ``base`` and ``grid``).
+    known : iterable of str
+        The names the notebooks declare (:func:`all_parameters`, or a batch's notebooks).
+    where : str
+        What gave them, put in front of the message (e.g. the grid file).
+
+    Raises
+    ------
+    GlioKitError
+        ``parameter 'lamda' is not declared by any notebook (did you mean 'lam'?)``; a name with
+        no near match says where the list of knobs is (``glio-kit run --help``, notebook cells).
+    """
+    known = sorted(set(known))
+    unknown = sorted(set(names) - set(known))
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
+        parts.append(f"{name!r}{hint}")
+    raise GlioKitError(f"{where}parameter{'s' if len(unknown) > 1 else ''} {', '.join(parts)} "
+                       f"{'are' if len(unknown) > 1 else 'is'} not declared by any notebook; the knobs are "
+                       f"listed in each notebook's parameters cell and in glio_kit/run/config.py")
