@@ -110,15 +110,19 @@ def test_the_table_is_well_formed():
 
 
 def test_paper_score_reduces_the_slice_table_without_the_score_steps_one():
-    slices = pd.DataFrame(dict(subject=list("aabb"), label=[0, 0, 1, 1], split="test",
-                               A=[0.1, 0.3, 0.5, 0.9]))
+    slices = pd.DataFrame(dict(subject=list("aabbvvww"), label=[0, 0, 1, 1, 0, 0, 0, 0],
+                               split=["test"] * 4 + ["val"] * 4, A=[0.1, 0.3, 0.5, 0.9, 0.2, 0.4, 0.1, 0.2]))
+    slices["A_raw"] = slices["A"] * 10
     score = type("Score", (), dict(subject_reduction="max", topk=3, residual_kind="positive", median_filter=0,
                                    erode=1))()
     out = D.paper_score(D.ScoredSlices(slices, None, None, score), S)
-    assert out.subjects.set_index("subject").score.to_dict() == {"a": 0.3, "b": 0.9}
+    subj = out.subjects.set_index("subject")
+    assert subj.score_raw.to_dict() == {"a": 3.0, "b": 9.0, "v": 4.0, "w": 2.0}
+    # scaled on the validation subjects' maxima (4 and 2: mean 3, SD sqrt(2))
+    assert np.allclose(subj.score, 1 / (1 + np.exp(-(subj.score_raw - 3.0) / np.sqrt(2))))
     residual = dict(kind="positive", median=0, erode=1)
     assert out.info == dict(method="dcgan", reduction="max", residual=residual)
-    assert np.isclose(D.reduce_subjects(slices, "mean").score, [0.2, 0.7]).all()
+    assert np.isclose(D.reduce_subjects(slices, "mean").score, [0.2, 0.7, 0.3, 0.15]).all()
 
 
 def _ablation():

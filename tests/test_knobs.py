@@ -106,8 +106,8 @@ def test_every_knob_changes_the_output_that_depends_on_it(knob_run):
     assert np.allclose(slices.A_raw, (1 - v["lam"]) * slices.R + v["lam"] * slices.D)
     assert slices.restart.max() < v["restarts"]
     subj = pd.read_csv(score / "subject_scores.csv", dtype={"subject": str}).set_index("subject")
-    topk = slices.groupby("subject").A.apply(lambda a: np.sort(a.to_numpy())[::-1][:v["topk"]].mean())
-    assert np.allclose(subj.loc[topk.index, "score"], topk)
+    topk = slices.groupby("subject").A_raw.apply(lambda a: np.sort(a.to_numpy())[::-1][:v["topk"]].mean())
+    assert np.allclose(subj.loc[topk.index, "score_raw"], topk)
     assert (run_dir / "score" / "encoder.pt").exists()  # mapping = encoder+iterative trains one
     # metrics: the residual maps it evaluated are the ones the score step made
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -127,6 +127,38 @@ def test_reduce_subjects_mean_max_topk():
         S.reduce_subjects(df, "median")
 
 
+def _slices_at(sds, subject, label=1, split="test"):
+    return [dict(subject=subject, label=label, split=split, A_raw=float(a)) for a in sds]
+
+
+def test_paper_score_is_rank_preserving_the_issue_counter_example():
+    """4 slices at +6 SD and 12 at 0 SD (raw mean +1.5 SD) against 16 slices at +1.2 SD: the mean
+    of sigmoid-scaled slices puts the second first (0.769 > 0.624); the paper's order (mean of raw
+    A, then the scaling) keeps the raw order. Slice scaling: mean 0, SD 1 (healthy validation)."""
+    from glio_kit.detect.detectors import subject_anomaly_scores
+    from glio_kit.detect.slice_scores import ScoreScaling
+
+    rng = np.random.default_rng(0)
+    val = np.concatenate([[-1.0, 1.0]] * 8)  # slice mean 0, SD ~1: the slice scaling is ~identity in SD
+    rows = [*_slices_at([6.0] * 4 + [0.0] * 12, "focal"), *_slices_at([1.2] * 16, "diffuse")]
+    for i in range(12):  # healthy validation subjects around 0
+        rows += _slices_at(val + rng.normal(0, 0.1), f"val{i}", label=0, split="val")
+    df = pd.DataFrame(rows)
+    df["A"] = ScoreScaling(0.0, 1.0)(df["A_raw"])
+    old = subject_anomaly_scores(df, "mean_of_scaled").set_index("subject")["score"]
+    new = subject_anomaly_scores(df, "mean").set_index("subject")
+    assert old["focal"] == pytest.approx(0.624, abs=1e-3) and old["diffuse"] == pytest.approx(0.769, abs=1e-3)
+    assert old["focal"] < old["diffuse"]  # the flip the old aggregation makes
+    assert new.loc["focal", "score_raw"] == pytest.approx(1.5)
+    assert new.loc["diffuse", "score_raw"] == pytest.approx(1.2)
+    assert new.loc["focal", "score"] > new.loc["diffuse", "score"]  # the raw order, kept
+    # rank-preserving in general: the scaled subject scores sort like the raw means
+    raw = df.groupby("subject", sort=False)["A_raw"].mean()
+    assert (np.argsort(new.loc[raw.index, "score"].to_numpy(), kind="stable")
+            == np.argsort(raw.to_numpy(), kind="stable")).all()
+    assert ((new["score"] > 0) & (new["score"] < 1)).all()
+
+
 # --------------------------------------------------------------------- end to end
 def test_score_run_end_to_end(trained):
     run = trained
@@ -166,10 +198,13 @@ def test_score_run_end_to_end(trained):
     assert sc["mean_val"] == pytest.approx(val.mean()) and sc["sd_val"] == pytest.approx(val.std(ddof=1))
 
     subj = pd.read_csv(sdir / "subject_scores.csv", dtype={"subject": str})
-    assert list(subj.columns) == ["subject", "label", "split", "score"]
+    assert list(subj.columns) == ["subject", "label", "split", "score", "score_raw"]
     assert set(subj["subject"]) == {s for s, _, sp in SUBJECTS if sp != "train"}
-    exp = df.groupby("subject")["A"].mean()
-    assert np.allclose(subj.set_index("subject")["score"], exp.loc[subj["subject"]])
+    # the paper's order: the mean of raw A per subject, then the logistic of the validation subjects
+    raw = df.groupby("subject")["A_raw"].mean().loc[subj["subject"]]
+    assert np.allclose(subj["score_raw"], raw)
+    v = raw[((subj["split"] == "val") & (subj["label"] == 0)).to_numpy()]
+    assert np.allclose(subj["score"], 1 / (1 + np.exp(-(raw - v.mean()) / v.std(ddof=1))))
     top = pd.read_csv(run / "subjects.csv", dtype={"subject": str})
     assert list(top.columns) == ["subject", "label", "score"]
     assert set(top["subject"]) == {s for s, _, sp in SUBJECTS if sp == "test"}
@@ -289,8 +324,8 @@ def test_score_run_subject_reduction(trained, tmp_path, how):
     run = copy_run(trained, tmp_path / "run")
     cache = SliceCache(run / "cache")
     df = S.score_run(run, cache, score_for(subject_reduction=how, topk=2, mapping_steps=2), progress=False)
-    subj = S.load_subject_scores(run).set_index("subject")["score"]
-    g = df.groupby("subject")["A"]
+    subj = S.load_subject_scores(run).set_index("subject")["score_raw"]
+    g = df.groupby("subject")["A_raw"]
     exp = g.max() if how == "max" else g.apply(lambda s: s.nlargest(2).mean())
     assert np.allclose(subj, exp.loc[subj.index])
 

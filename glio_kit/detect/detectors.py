@@ -32,9 +32,16 @@ from ..evaluate.metrics import pixel_threshold_from_healthy
 from .baseline import area_detector, intensity_baseline, intensity_map
 from .lesion_load import lesion_load_scores
 from .residuals import eroded_brain
+from .slice_scores import fit_scaling
 
-#: Subject reductions of the slice anomaly scores A (the paper's is the mean).
-REDUCTIONS = ("mean", "max", "topk")
+#: Pure reductions of a slice column to one number per subject (:func:`reduce_subjects`).
+SLICE_REDUCTIONS = ("mean", "max", "topk")
+#: Subject scores from the slice anomaly scores (:func:`subject_anomaly_scores`): ``mean`` (the
+#: paper: the mean of the slices' raw A, then the [0, 1] scaling fitted on the healthy validation
+#: subjects), ``max``, ``topk`` (the same order: reduce raw A, then scale), and ``mean_of_scaled``
+#: (what the kit did before: the mean of the slice-scaled A; not rank-preserving, kept as a
+#: variant so the ablation shows the change).
+REDUCTIONS = SLICE_REDUCTIONS + ("mean_of_scaled",)
 #: Where a detector comes from: the paper's method, the kit's own beyond it, or a baseline
 #: (a baseline is never the recommended score).
 ORIGINS = ("paper", "beyond the paper", "baseline")
@@ -190,8 +197,8 @@ def reduce_subjects(slices: pd.DataFrame, how: str = "mean", topk: int = 3,
     DataFrame
         ``subject, label, split, score`` in the order subjects first appear.
     """
-    if how not in REDUCTIONS:
-        raise ValueError(f"subject_reduction must be one of {REDUCTIONS}, got {how!r}")
+    if how not in SLICE_REDUCTIONS:
+        raise ValueError(f"subject_reduction must be one of {SLICE_REDUCTIONS}, got {how!r}")
     g = slices.groupby("subject", sort=False)
     if how == "mean":
         score = g[column].mean()
@@ -204,17 +211,48 @@ def reduce_subjects(slices: pd.DataFrame, how: str = "mean", topk: int = 3,
     return out[["subject", "label", "split", "score"]]
 
 
+def subject_anomaly_scores(slices: pd.DataFrame, how: str = "mean", topk: int = 3) -> pd.DataFrame:
+    """The subject anomaly score of the paper's detector, from its slices' raw ``A_raw``.
+
+    The paper: A = (1 - lambda) R + lambda D is in [0, 1] and a subject's score is the mean over
+    its slices. The order that keeps the ranking of subjects is: the mean of the slices' *raw*
+    A, then one monotone map to (0, 1) fitted on the healthy validation *subjects*
+    (:class:`~.slice_scores.ScoreScaling`). Averaging slice scores that were squashed first (the
+    kit's old ``mean_of_scaled``) is not rank-preserving: 4 slices at +6 SD and 12 at 0 SD
+    average 0.624, 16 slices at +1.2 SD 0.769 -- the order of the raw means is the other way.
+
+    slices : one row per slice: ``subject``, ``label``, ``split``, ``A_raw`` (and ``A``, the
+        slice-scaled score, for ``mean_of_scaled``); ``split == "val"`` with ``label == 0``
+        are the healthy validation slices.
+    how : one of :data:`REDUCTIONS`; topk : slices the ``topk`` reduction averages.
+    Returns ``subject, label, split, score, score_raw`` (subjects in order of appearance):
+    ``score`` in (0, 1), ``score_raw`` the reduced raw A (``mean_of_scaled``: the same as score).
+    """
+    if how not in REDUCTIONS:
+        raise ValueError(f"subject_reduction must be one of {REDUCTIONS}, got {how!r}")
+    if how == "mean_of_scaled":
+        out = reduce_subjects(slices, "mean", topk, column="A")
+        out["score_raw"] = out["score"]
+        return out
+    out = reduce_subjects(slices, how, topk, column="A_raw")
+    healthy_val = out[(out["split"] == "val") & (out["label"] == 0)]["score"]
+    out["score_raw"] = out["score"]
+    out["score"] = fit_scaling(healthy_val)(out["score_raw"])  # monotone: the raw order is kept
+    return out
+
+
 def residual_settings(score) -> dict:
     """The ``residual`` entry of ``metrics.json``: how the score step made the maps."""
     return dict(kind=score.residual_kind, median=int(score.median_filter), erode=int(score.erode))
 
 
 def paper_score(data: ScoredSlices, settings) -> SubjectScores:
-    """The paper: the mean of the subject's slice anomaly scores A (or max / top-k, as the score
-    step's ``subject_reduction`` says); the score step's own subject table when it is given."""
+    """The paper: the mean of the subject's slice anomaly scores A (:func:`subject_anomaly_scores`;
+    max / top-k or the old mean of scaled A, as the score step's ``subject_reduction`` says); the
+    score step's own subject table when it is given."""
     s = data.score
-    subj = data.subjects if data.subjects is not None else reduce_subjects(data.slices, s.subject_reduction,
-                                                                           s.topk)
+    subj = (data.subjects if data.subjects is not None
+            else subject_anomaly_scores(data.slices, s.subject_reduction, s.topk))
     return SubjectScores(subj, dict(method="dcgan", reduction=s.subject_reduction,
                                     residual=residual_settings(s)))
 
@@ -270,10 +308,12 @@ _AREA = "mean over slices of the share of in-brain pixels above the healthy-vali
 #: The table (in the order of the ``metrics.md`` columns and the figures' legends).
 DETECTORS: dict[str, Detector] = {d.name: d for d in (
     Detector("paper", what="mean of the slice anomaly scores A = (1-lambda) R + lambda D over the subject's "
-                           "slices (max or top-k with subject_reduction)",
+                           "slices, then scaled to (0, 1) on healthy validation subjects (max or top-k "
+                           "with subject_reduction)",
              origin="paper", colour="C0", label="DCGAN, paper's score", column="kit: paper's score",
              unit="subject score (mean of slice scores A)", subject_scores=paper_score, pixel_map="residual",
              variants=(("paper: mean of slice A", dict(subject_reduction="mean")),
+                       ("old: mean of slice-scaled A", dict(subject_reduction="mean_of_scaled")),
                        ("max of slice A", dict(subject_reduction="max")),
                        ("top-3 slices of A", dict(subject_reduction="topk", topk=3)))),
     Detector("residual_area", what="the saved residual maps scored by the baseline's rule: " + _AREA,

@@ -12,9 +12,10 @@ AnoGAN search, the f-AnoGAN encoder, or both), and writes into ``<run>/score/``:
   ``max(x - G(z), 0)`` inside the brain eroded by ``erode`` pixels, median-filtered
   (``median_filter``): the residual maps, computed here once by
   :func:`glio_kit.detect.residuals.residual_map`; everything later reads them;
-- ``subject_scores.csv``: ``subject, label, split, score``; the subject score is the mean of
-  its slices' ``A`` (the paper), or their maximum, or the mean of the ``topk`` largest
-  (``subject_reduction``);
+- ``subject_scores.csv``: ``subject, label, split, score, score_raw``; ``score_raw`` is the mean
+  of its slices' raw ``A_raw`` (the paper), or their maximum, or the mean of the ``topk`` largest
+  (``subject_reduction``), and ``score`` that mapped to (0, 1) by a logistic fitted on the healthy
+  validation subjects (:func:`~glio_kit.detect.detectors.subject_anomaly_scores`);
 - ``mapping_history.csv``: the mean mapping loss per step for the healthy validation, healthy
   test and tumour test slices; ``mapping_snapshots.npz``: a few test slices' ``G(z)`` at a few
   steps and their per-step loss (:mod:`glio_kit.detect.mapping_history`: the figures draw these);
@@ -46,7 +47,7 @@ import pandas as pd
 from ..gan.checkpoints import load_models
 from ..run.config import RESIDUAL_KINDS, ScoreSettings
 from ..errors import RunFolderError
-from .detectors import reduce_subjects
+from .detectors import reduce_subjects, subject_anomaly_scores
 from .encoder import train_encoder
 from .mapping import initial_latents, map_slices, mapping_method
 from .mapping_history import GROUPS, SNAPSHOTS, LossHistory, MappingSnapshots, pick_slices, snapshot_steps
@@ -302,6 +303,6 @@ def _slice_table(rows: np.ndarray, idx: pd.DataFrame, mapped: _Mapped, lam: floa
 
 def _write_subject_scores(run, df: pd.DataFrame, settings: ScoreSettings) -> None:
     """``score/subject_scores.csv`` (validation and test) and ``subjects.csv`` (test only)."""
-    subj = reduce_subjects(df, settings.subject_reduction, settings.topk)
+    subj = subject_anomaly_scores(df, settings.subject_reduction, settings.topk)
     subj.to_csv(_score_dir(run) / "subject_scores.csv", index=False)
     subj[subj["split"] == "test"][["subject", "label", "score"]].to_csv(run / "subjects.csv", index=False)

@@ -38,8 +38,11 @@ def anomaly_score(R, D, lam: float):
 class ScoreScaling:
     """``A = sigmoid((A_raw - mean_val) / sd_val)``, fitted on healthy validation slices only.
 
-    Monotone (keeps every ranking, hence every AUC), inside (0, 1), 0.5 at the healthy
-    validation mean. Min-max scaling with clipping would put every slice above the
+    Monotone (keeps the ranking of the values it maps, hence their AUC), inside (0, 1), 0.5 at
+    the healthy validation mean. A mean of mapped values is *not* in the order of the mean of the
+    raw ones: subject scores reduce ``A_raw`` first and are mapped after, with a scaling fitted
+    on the healthy validation subjects (:func:`~glio_kit.detect.detectors.subject_anomaly_scores`).
+    Min-max scaling with clipping would put every slice above the
     validation maximum at exactly 1.
     """
 

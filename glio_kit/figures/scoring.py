@@ -110,6 +110,8 @@ def plot_slice_and_subject_scores(run, bins: int = 30):
     a2.set_xticks(range(len(GROUPS)))
     a2.set_xticklabels([GROUP_STYLE[name][0] for name, _, _ in GROUPS], fontsize=8)
     a2.set_ylabel("subject score")
-    a2.set_title(f"subjects ({score_settings(run).subject_reduction} of slice A)", fontsize=10)
+    how = score_settings(run).subject_reduction
+    a2.set_title("subjects (" + ("mean of slice-scaled A)" if how == "mean_of_scaled" else
+                                 f"{how} of raw slice A, scaled on validation)"), fontsize=10)
     fig.tight_layout()
     return fig

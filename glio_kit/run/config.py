@@ -198,7 +198,8 @@ class ScoreSettings(StepSettings):
     encoder_lr: float = knob(1e-3, "f-AnoGAN encoder: Adam learning rate")
     encoder_batch_size: int = knob(32, "f-AnoGAN encoder: training batch size")
     kappa: float = knob(1.0, "f-AnoGAN izi_f weight of the feature term")
-    subject_reduction: str = knob("mean", "subject score from slice scores: mean (paper) | max | topk")
+    subject_reduction: str = knob("mean", "mean (paper) | max | topk of raw slice A, then "
+                                          "scaled | mean_of_scaled")
     topk: int = knob(3, "how many of the highest slice scores the topk reduction averages")
     residual_kind: str = knob("positive", "residual maps for metrics: positive max(x - G(z), 0) | absolute")
     median_filter: int = knob(3, "residual maps: median filter size in pixels (0: off)")
