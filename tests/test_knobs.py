@@ -27,7 +27,7 @@ VALUES = dict(
     encoder_epochs=2, encoder_lr=0.002, encoder_batch_size=4, kappa=0.5, subject_reduction="topk", topk=2,
     residual_kind="absolute", median_filter=0, erode=2,
     subject_healthy="", subject_tumor="", n_figure_slices=2,
-    fpr_target=0.1, pixel_percentile=95.0, n_bootstrap=20,
+    fpr_target=0.1, pixel_percentile=95.0, intensity_percentile=85.0, n_bootstrap=20,
     lesion_min_size=3, recommended_score="residual_area",
 )
 #: Knobs whose smoke value is the empty default: the figures pick a subject themselves.
@@ -114,6 +114,7 @@ def test_every_knob_changes_the_output_that_depends_on_it(knob_run):
     assert metrics["residual"] == dict(kind=v["residual_kind"], median=v["median_filter"], erode=v["erode"])
     assert metrics["params"]["fpr_target"] == v["fpr_target"]
     assert metrics["pixel_percentile"] == v["pixel_percentile"]
+    assert metrics["baseline"]["pixel_percentile"] == v["intensity_percentile"]
     assert metrics["params"]["n_bootstrap"] == v["n_bootstrap"]
     assert metrics["lesion_load"]["min_size"] == v["lesion_min_size"]
     assert metrics["recommended"]["name"] == v["recommended_score"]

@@ -23,30 +23,23 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ..evaluate.metrics import pixel_threshold_from_healthy
-from .baseline import area_detector, intensity_baseline, intensity_map
+from .atlas import HealthyAtlas, healthy_atlas
+from .baseline import area_detector, intensity_map
 from .lesion_load import lesion_load_scores
 from .residuals import eroded_brain
-from .slice_scores import fit_scaling
+# REDUCTIONS, reduce_subjects: re-exported, the table's users find them here
+from .subject_scores import REDUCTIONS, SLICE_REDUCTIONS, reduce_subjects, subject_anomaly_scores  # noqa: F401
 
-#: Pure reductions of a slice column to one number per subject (:func:`reduce_subjects`).
-SLICE_REDUCTIONS = ("mean", "max", "topk")
-#: Subject scores from the slice anomaly scores (:func:`subject_anomaly_scores`): ``mean`` (the
-#: paper: the mean of the slices' raw A, then the [0, 1] scaling fitted on the healthy validation
-#: subjects), ``max``, ``topk`` (the same order: reduce raw A, then scale), and ``mean_of_scaled``
-#: (what the kit did before: the mean of the slice-scaled A; not rank-preserving, kept as a
-#: variant so the ablation shows the change).
-REDUCTIONS = SLICE_REDUCTIONS + ("mean_of_scaled",)
 #: Where a detector comes from: the paper's method, the kit's own beyond it, or a baseline
 #: (a baseline is never the recommended score).
 ORIGINS = ("paper", "beyond the paper", "baseline")
-#: The intensity baseline's map is not median-filtered (the raw intensity is the point).
-BASELINE_MEDIAN = 0
 #: How the score step made its residual maps, by ``residual_kind``.
 RESIDUAL_FORMULAS = {"positive": "max(x - G(z), 0)", "absolute": "|x - G(z)|"}
 #: Top-level keys of ``metrics.json`` that are not detectors: no other detector than the first
@@ -105,6 +98,15 @@ class ScoredSlices:
         """(n, H, W) float32 in [-1, 1]: the normalised T2 slices at ``positions``."""
         return np.asarray(self.cache.images[self.slices["row"].to_numpy()[positions]])
 
+    def slab_positions(self, positions) -> np.ndarray:
+        """(n,) int: each slice's position in its subject's slab (the cache's ``slice_pos``)."""
+        return self.cache.index["slice_pos"].to_numpy()[self.slices["row"].to_numpy()[positions]]
+
+    @cached_property
+    def atlas(self) -> HealthyAtlas:
+        """The voxel-wise healthy atlas of the cache's healthy training slices (made once)."""
+        return healthy_atlas(self.cache)
+
 
 @dataclass
 class SubjectScores:
@@ -156,6 +158,9 @@ class Detector:
     variants : tuple of (str, dict)
         What ``experiments/score_ablation.py`` tries: a row label and settings overrides
         (fields of the score or the evaluation settings); empty: one row, as configured.
+    percentile : str
+        The evaluation knob whose percentile of healthy validation pixels thresholds its pixel map
+        (its pixel metrics use the same).
     """
 
     name: str
@@ -168,77 +173,13 @@ class Detector:
     subject_scores: Callable[[ScoredSlices, object], SubjectScores]
     pixel_map: str = ""
     variants: tuple = ()
+    percentile: str = "pixel_percentile"
 
     def __post_init__(self):
         if self.origin not in ORIGINS:
             raise ValueError(f"detector {self.name!r}: origin must be one of {ORIGINS}, got {self.origin!r}")
         if not self.name.isidentifier():
             raise ValueError(f"detector name {self.name!r} is not an identifier")
-
-
-def reduce_subjects(slices: pd.DataFrame, how: str = "mean", topk: int = 3,
-                    column: str = "A") -> pd.DataFrame:
-    """One score per subject from its slices' ``column``.
-
-    Parameters
-    ----------
-    slices : DataFrame
-        One row per slice: ``subject``, ``label``, ``split`` and ``column``.
-    how : {"mean", "max", "topk"}
-        ``mean`` (the paper: the average anomaly score of the subject's slices), ``max``, or
-        ``topk`` (mean of the ``topk`` largest; all slices when a subject has fewer).
-    topk : int
-        Slices the ``topk`` reduction averages.
-    column : str
-        The slice score to reduce.
-
-    Returns
-    -------
-    DataFrame
-        ``subject, label, split, score`` in the order subjects first appear.
-    """
-    if how not in SLICE_REDUCTIONS:
-        raise ValueError(f"subject_reduction must be one of {SLICE_REDUCTIONS}, got {how!r}")
-    g = slices.groupby("subject", sort=False)
-    if how == "mean":
-        score = g[column].mean()
-    elif how == "max":
-        score = g[column].max()
-    else:
-        k = max(1, int(topk))
-        score = g[column].apply(lambda s: float(np.sort(s.to_numpy())[::-1][:k].mean()))
-    out = pd.DataFrame(dict(label=g["label"].first(), split=g["split"].first(), score=score)).reset_index()
-    return out[["subject", "label", "split", "score"]]
-
-
-def subject_anomaly_scores(slices: pd.DataFrame, how: str = "mean", topk: int = 3) -> pd.DataFrame:
-    """The subject anomaly score of the paper's detector, from its slices' raw ``A_raw``.
-
-    The paper: A = (1 - lambda) R + lambda D is in [0, 1] and a subject's score is the mean over
-    its slices. The order that keeps the ranking of subjects is: the mean of the slices' *raw*
-    A, then one monotone map to (0, 1) fitted on the healthy validation *subjects*
-    (:class:`~.slice_scores.ScoreScaling`). Averaging slice scores that were squashed first (the
-    kit's old ``mean_of_scaled``) is not rank-preserving: 4 slices at +6 SD and 12 at 0 SD
-    average 0.624, 16 slices at +1.2 SD 0.769 -- the order of the raw means is the other way.
-
-    slices : one row per slice: ``subject``, ``label``, ``split``, ``A_raw`` (and ``A``, the
-        slice-scaled score, for ``mean_of_scaled``); ``split == "val"`` with ``label == 0``
-        are the healthy validation slices.
-    how : one of :data:`REDUCTIONS`; topk : slices the ``topk`` reduction averages.
-    Returns ``subject, label, split, score, score_raw`` (subjects in order of appearance):
-    ``score`` in (0, 1), ``score_raw`` the reduced raw A (``mean_of_scaled``: the same as score).
-    """
-    if how not in REDUCTIONS:
-        raise ValueError(f"subject_reduction must be one of {REDUCTIONS}, got {how!r}")
-    if how == "mean_of_scaled":
-        out = reduce_subjects(slices, "mean", topk, column="A")
-        out["score_raw"] = out["score"]
-        return out
-    out = reduce_subjects(slices, how, topk, column="A_raw")
-    healthy_val = out[(out["split"] == "val") & (out["label"] == 0)]["score"]
-    out["score_raw"] = out["score"]
-    out["score"] = fit_scaling(healthy_val)(out["score_raw"])  # monotone: the raw order is kept
-    return out
 
 
 def residual_settings(score) -> dict:
@@ -257,51 +198,92 @@ def paper_score(data: ScoredSlices, settings) -> SubjectScores:
                                     residual=residual_settings(s)))
 
 
+def _area_rule(data: ScoredSlices, settings, pixel_map: str, percentile: float) -> dict:
+    """:func:`~.baseline.area_detector` on one of :data:`PIXEL_MAPS`."""
+    def maps(positions):
+        return PIXEL_MAPS[pixel_map](data, positions), data.brain(positions)
+
+    return area_detector(maps, data.slices, percentile, settings.fpr_target)
+
+
+def _lesion_load_rule(data: ScoredSlices, settings, pixel_map: str, percentile: float) -> tuple[pd.DataFrame,
+                                                                                                 float]:
+    """:func:`~.lesion_load.lesion_load_scores` on one of :data:`PIXEL_MAPS`, its pixel threshold
+    the ``percentile`` of the healthy validation slices' map."""
+    read = PIXEL_MAPS[pixel_map]
+    val = data.healthy_val()
+    pix = pixel_threshold_from_healthy(read(data, val), data.brain(val), percentile)
+    ordered = read(data, np.arange(len(data.slices)))  # (M, H, W) in the rows of the slice table
+    return lesion_load_scores(ordered, data.slices, pix, settings.lesion_min_size), pix
+
+
 def residual_area_score(data: ScoredSlices, settings) -> SubjectScores:
     """The saved residual maps scored by the baseline's rule (:func:`~.baseline.area_detector`)."""
-    def maps(positions):
-        return data.residual(positions), data.brain(positions)
-
-    area = area_detector(maps, data.slices, settings.pixel_percentile, settings.fpr_target)
+    area = _area_rule(data, settings, "residual", settings.pixel_percentile)
     info = dict(method="dcgan-residual-area",
                 description=f"DCGAN {data.score.residual_kind} residual in the eroded brain, "
                             "scored by the baseline's rule")
     return SubjectScores(area["subject_scores"], info, area["slice_scores"])
 
 
+def _lesion_load_info(what: str, pix: float, settings) -> dict:
+    return dict(pixel_threshold=pix, min_size=int(settings.lesion_min_size),
+                description=f"largest 3-D connected component (voxels of the slice cache) of {what} above "
+                            f"the healthy-validation pixel threshold, across the subject's slices; "
+                            f"components under {settings.lesion_min_size} voxels count as none")
+
+
 def lesion_load_score(data: ScoredSlices, settings) -> SubjectScores:
     """The largest 3-D connected component of the saved residual maps above the
     healthy-validation pixel threshold, per subject (:mod:`~.lesion_load`)."""
-    val = data.healthy_val()
-    pix = pixel_threshold_from_healthy(data.residual(val), data.brain(val), settings.pixel_percentile)
-    ordered = data.residual(np.arange(len(data.slices)))  # (M, H, W) in the rows of the slice table
-    subj = lesion_load_scores(ordered, data.slices, pix, settings.lesion_min_size)
-    info = dict(method="dcgan-lesion-load", pixel_threshold=pix, min_size=int(settings.lesion_min_size),
-                description=f"largest 3-D connected component (voxels of the slice cache) of the DCGAN's "
-                            f"{data.score.residual_kind} residual above the healthy-validation pixel "
-                            f"threshold, across the subject's slices; components under "
-                            f"{settings.lesion_min_size} voxels count as none")
-    return SubjectScores(subj, info)
+    subj, pix = _lesion_load_rule(data, settings, "residual", settings.pixel_percentile)
+    info = _lesion_load_info(f"the DCGAN's {data.score.residual_kind} residual", pix, settings)
+    return SubjectScores(subj, dict(method="dcgan-lesion-load", **info))
 
 
 def intensity_score(data: ScoredSlices, settings) -> SubjectScores:
-    """The intensity baseline (:func:`~.baseline.intensity_baseline`), on the scored slices and
-    the residual maps' erosion, so both see the same pixels."""
-    base = intensity_baseline(data.cache, data.slices["row"].to_numpy(), erode=data.score.erode,
-                              median=BASELINE_MEDIAN, percentile=settings.pixel_percentile,
-                              fpr=settings.fpr_target)
-    info = dict(method="intensity",
-                description="normalised T2 intensity in the eroded brain; subject score = mean over slices "
-                            "of the fraction of in-brain pixels above the healthy-validation percentile")
-    return SubjectScores(base["subject_scores"], info, base["slice_scores"])
+    """The intensity baseline done right: the normalised T2 itself, median-filtered and eroded like
+    the residual maps, its pixel threshold the ``intensity_percentile`` of healthy validation pixels
+    (a knob of its own, chosen on development seeds: edema lies below CSF on T2, so the residual's
+    99th percentile -- CSF -- would blind it), scored by the area rule."""
+    area = _area_rule(data, settings, "intensity", settings.intensity_percentile)
+    info = dict(method="intensity", pixel_threshold=area["pixel_threshold"],
+                description=f"normalised T2 intensity in the eroded brain; subject score = mean over slices "
+                            f"of the fraction of in-brain pixels above the "
+                            f"{settings.intensity_percentile:g}th "
+                            f"percentile of healthy validation pixels")
+    return SubjectScores(area["subject_scores"], info, area["slice_scores"])
+
+
+def atlas_area_score(data: ScoredSlices, settings) -> SubjectScores:
+    """The voxel-wise healthy atlas's ``|z|`` (:mod:`~.atlas`) scored by the area rule."""
+    area = _area_rule(data, settings, "atlas", settings.pixel_percentile)
+    info = dict(method="atlas-area", pixel_threshold=area["pixel_threshold"], sd_floor=data.atlas.sd_floor,
+                description="|z| against the mean and SD of the healthy training slices at each slab "
+                            "position and pixel; " + _AREA)
+    return SubjectScores(area["subject_scores"], info, area["slice_scores"])
+
+
+def atlas_lesion_load_score(data: ScoredSlices, settings) -> SubjectScores:
+    """The voxel-wise healthy atlas's ``|z|`` (:mod:`~.atlas`) scored by the lesion-load rule."""
+    subj, pix = _lesion_load_rule(data, settings, "atlas", settings.pixel_percentile)
+    info = _lesion_load_info("the healthy atlas's |z|", pix, settings)
+    return SubjectScores(subj, dict(method="atlas-lesion-load", sd_floor=data.atlas.sd_floor, **info))
 
 
 def _intensity_pixels(data: ScoredSlices, positions) -> np.ndarray:
-    return intensity_map(data.images(positions), data.raw_brain(positions), data.score.erode, BASELINE_MEDIAN)
+    return intensity_map(data.images(positions), data.raw_brain(positions), data.score.erode,
+                         data.score.median_filter)
+
+
+def _atlas_pixels(data: ScoredSlices, positions) -> np.ndarray:
+    return data.atlas.z_map(data.images(positions), data.slab_positions(positions), data.raw_brain(positions),
+                            data.score.erode, data.score.median_filter)
 
 
 #: Pixel maps a detector can be scored on pixel by pixel: ``(ScoredSlices, positions) -> (n, H, W)``.
-PIXEL_MAPS: dict[str, Callable] = {"residual": ScoredSlices.residual, "intensity": _intensity_pixels}
+PIXEL_MAPS: dict[str, Callable] = {"residual": ScoredSlices.residual, "intensity": _intensity_pixels,
+                                   "atlas": _atlas_pixels}
 
 _AREA = "mean over slices of the share of in-brain pixels above the healthy-validation pixel threshold"
 
@@ -326,12 +308,32 @@ DETECTORS: dict[str, Detector] = {d.name: d for d in (
              origin="beyond the paper", colour="C4", label="DCGAN, lesion load", column="kit: lesion load",
              unit="largest 3-D component above the pixel threshold (voxels)",
              subject_scores=lesion_load_score, pixel_map="residual",
-             variants=tuple((f"lesion load (min {n} voxels)", dict(lesion_min_size=n)) for n in (1, 5, 20))),
-    Detector("baseline", what="normalised T2 intensity ('bright on T2 = lesion') scored by the same rule: "
+             variants=tuple((f"lesion load (min {n} voxels)", dict(lesion_min_size=n))
+                            for n in (1, 5, 20))),
+    Detector("baseline", what="normalised T2 intensity ('bright on T2 = lesion') above a percentile of "
+                              "healthy validation pixels (intensity_percentile), scored by the same rule: "
                               + _AREA,
              origin="baseline", colour="C1", label="intensity baseline", column="baseline",
              unit="subject score (mean share of in-brain pixels above threshold)",
-             subject_scores=intensity_score, pixel_map="intensity", variants=(("intensity baseline", {}),)),
+             subject_scores=intensity_score, pixel_map="intensity", percentile="intensity_percentile",
+             variants=(("intensity baseline", {}),
+                       *((f"intensity baseline ({q:g}th percentile)", dict(intensity_percentile=q))
+                         for q in (80.0, 90.0, 95.0, 99.0)))),
+    Detector("atlas_area", what="voxel-wise healthy atlas: |z| of each pixel against the mean and SD of the "
+                                "healthy training slices at its slab position, scored by the same rule: "
+                                + _AREA,
+             origin="baseline", colour="C5", label="healthy atlas |z|, area", column="atlas: area",
+             unit="subject score (mean share of in-brain pixels above threshold)",
+             subject_scores=atlas_area_score, pixel_map="atlas",
+             variants=(("atlas |z|, area", {}),)),
+    Detector("atlas_lesion_load", what="voxel-wise healthy atlas |z|, scored by the lesion-load rule: "
+                                       "largest 3-D component above the healthy-validation pixel threshold, "
+                                       "in voxels",
+             origin="baseline", colour="C6", label="healthy atlas |z|, lesion load",
+             column="atlas: lesion load",
+             unit="largest 3-D component above the pixel threshold (voxels)",
+             subject_scores=atlas_lesion_load_score, pixel_map="atlas",
+             variants=(("atlas |z|, lesion load", {}),)),
 )}
 
 

@@ -47,7 +47,7 @@ import pandas as pd
 from ..gan.checkpoints import load_models
 from ..run.config import RESIDUAL_KINDS, ScoreSettings
 from ..errors import RunFolderError
-from .detectors import reduce_subjects, subject_anomaly_scores
+from .subject_scores import reduce_subjects, subject_anomaly_scores
 from .encoder import train_encoder
 from .mapping import initial_latents, map_slices, mapping_method
 from .mapping_history import GROUPS, SNAPSHOTS, LossHistory, MappingSnapshots, pick_slices, snapshot_steps

@@ -83,7 +83,7 @@ def evaluate_run(run, settings: EvaluateSettings, overwrite: bool = False) -> di
     scores = {name: det.subject_scores(data, settings) for name, det in D.DETECTORS.items()}
     blocks = {name: {**s.info, **detection_block(s.subjects, settings)} for name, s in scores.items()}
     _write_detector_scores(run, scores)
-    _add_pixel_metrics(blocks, data, settings.pixel_percentile)
+    _add_pixel_metrics(blocks, data, settings)
 
     top = D.top_level().name
     result = blocks[top]
@@ -256,10 +256,11 @@ def _test_tumours_have_masks(data: ScoredSlices) -> bool:
     return bool(rows.size) and bool(np.asarray(data.cache.lesion[np.sort(rows)]).any())
 
 
-def _add_pixel_metrics(blocks: dict, data: ScoredSlices, percentile: float) -> None:
+def _add_pixel_metrics(blocks: dict, data: ScoredSlices, settings: EvaluateSettings) -> None:
     """Into the block of the first detector of each pixel map (:data:`~glio_kit.detect.detectors.PIXEL_MAPS`):
     ``has_masks`` and, when the test tumour slices have masks, that map's :func:`pixel_block`
-    (thresholds from the healthy validation slices, metrics on the test tumour slices)."""
+    (thresholds from the healthy validation slices at that detector's percentile knob, metrics
+    on the test tumour slices)."""
     owners = {}
     for name, det in D.DETECTORS.items():
         if det.pixel_map:
@@ -274,6 +275,7 @@ def _add_pixel_metrics(blocks: dict, data: ScoredSlices, percentile: float) -> N
         blocks[name]["has_masks"] = has_masks
         if has_masks:
             pixel_map = D.PIXEL_MAPS[kind]
+            percentile = getattr(settings, D.DETECTORS[name].percentile)
             blocks[name].update(pixel_block(pixel_map(data, val), v_eb, pixel_map(data, tum), t_les, t_eb,
                                             tsub, percentile))
 

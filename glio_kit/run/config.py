@@ -207,7 +207,7 @@ class ScoreSettings(StepSettings):
 
     def check(self) -> None:
         _choice("mapping", self.mapping, MAPPINGS)
-        from ..detect.detectors import REDUCTIONS  # here: the table imports pandas and scipy (slow)
+        from ..detect.subject_scores import REDUCTIONS  # here: it imports pandas (slow)
 
         _choice("subject_reduction", self.subject_reduction, REDUCTIONS)
         _choice("residual_kind", self.residual_kind, RESIDUAL_KINDS)
@@ -239,6 +239,9 @@ class EvaluateSettings(StepSettings):
     fpr_target: float = knob(0.05, "subject threshold: at most this share of healthy validation "
                                    "subjects flagged")
     pixel_percentile: float = knob(99.0, "pixel threshold: this percentile of healthy validation residuals")
+    # not the residual's 99: edema lies below CSF on T2; to be chosen on development seeds
+    intensity_percentile: float = knob(99.0, "intensity baseline: this percentile of healthy validation "
+                                             "pixels")
     n_bootstrap: int = knob(1000, "bootstrap resamples of the 95% confidence intervals")
     lesion_min_size: int = knob(5, "lesion load: components smaller than this many voxels count as none")
     # chosen on development cohorts (other synthetic seeds), never on the demo's test subjects
@@ -254,9 +257,11 @@ class EvaluateSettings(StepSettings):
         _choice("recommended_score", self.recommended_score, recommendable())
         if self.lesion_min_size < 1:
             raise ValueError(f"lesion_min_size must be at least 1, got {self.lesion_min_size}")
-        if not 0 <= self.fpr_target <= 1 or not 0 < self.pixel_percentile <= 100:
-            raise ValueError(f"fpr_target must be in [0, 1] and pixel_percentile in (0, 100], "
-                             f"got {self.fpr_target}, {self.pixel_percentile}")
+        if not 0 <= self.fpr_target <= 1:
+            raise ValueError(f"fpr_target must be in [0, 1], got {self.fpr_target}")
+        for name in ("pixel_percentile", "intensity_percentile"):
+            if not 0 < getattr(self, name) <= 100:
+                raise ValueError(f"{name} must be in (0, 100], got {getattr(self, name)}")
 
 
 #: The settings class of each step, in chain order.
