@@ -22,7 +22,7 @@ def _permute_test_labels(run, seed: int) -> dict:
     test = subj[subj.split == "test"]
     rng = np.random.default_rng(seed)
     new = dict(zip(test.subject, rng.permutation(test.label.to_numpy())))
-    assert any(new[s] != lab for s, lab in zip(test.subject, test.label)), "the permutation must change labels"
+    assert any(new[s] != lab for s, lab in zip(test.subject, test.label)), "no label changed"
     for path in (run / "score" / "subject_scores.csv", run / "score" / "slice_scores.csv",
                  run / "cache" / "index.csv", run / "subjects.csv"):
         t = pd.read_csv(path, dtype={"subject": str})
@@ -52,7 +52,8 @@ def test_permuting_test_labels_changes_no_threshold_and_no_prediction(tmp_path, 
         assert np.array_equal(sa.score > thr, sb.score > thr), name  # hence the same predictions
     assert ra["recommended"]["name"] == rb["recommended"]["name"]
     assert ra["recommended"]["threshold"] == rb["recommended"]["threshold"]
-    assert ra["subject_auc"] != rb["subject_auc"] or ra["baseline"]["subject_auc"] != rb["baseline"]["subject_auc"]
+    moved = [D.block(ra, n).get("subject_auc") != D.block(rb, n).get("subject_auc") for n in D.DETECTORS]
+    assert any(moved)  # the metrics do read the labels: the permutation was real
 
 
 def test_the_subject_scaling_reads_no_test_label():
@@ -60,9 +61,11 @@ def test_the_subject_scaling_reads_no_test_label():
     rows = []
     for i in range(20):
         split, label = ("val", 0) if i < 8 else ("test", int(i % 2))
-        rows += [dict(subject=f"s{i}", label=label, split=split, A_raw=float(a)) for a in rng.random(4) + label]
+        rows += [dict(subject=f"s{i}", label=label, split=split, A_raw=float(a))
+                 for a in rng.random(4) + label]
     df = pd.DataFrame(rows)
     df["A"] = df["A_raw"]
     flipped = df.assign(label=np.where(df.split == "test", 1 - df.label, df.label))
     for how in ("mean", "max", "topk", "mean_of_scaled"):
-        assert np.array_equal(subject_anomaly_scores(df, how).score, subject_anomaly_scores(flipped, how).score)
+        a, b = subject_anomaly_scores(df, how), subject_anomaly_scores(flipped, how)
+        assert np.array_equal(a.score, b.score), how
