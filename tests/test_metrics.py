@@ -144,3 +144,34 @@ def test_best_dice_upper_bound_beats_validation_threshold():
     # the sorted-cumsum Dice equals the direct Dice at every swept threshold
     for t, d in list(zip(ub["thresholds"], ub["dices"]))[::37]:
         assert d == pytest.approx(M.dice(res > t, les))
+
+
+def test_expected_fpr_of_the_validation_rule():
+    """The rule's guarantee for new healthy subjects: (k+1)/(n+1), k = floor(fpr n)."""
+    assert M.expected_fpr(12, 0.05) == pytest.approx(1 / 13)  # the old demo: 7.7 %, not 5 %
+    assert M.expected_fpr(19, 0.05) == pytest.approx(0.05)
+    assert M.expected_fpr(20, 0.05) == pytest.approx(2 / 21)  # one more subject allows one above
+    assert M.expected_fpr(39, 0.05) == pytest.approx(0.05)
+    # checked by simulation: new healthy subjects above the threshold of 19 validation ones
+    rng = np.random.default_rng(0)
+    val, new = rng.normal(size=(4000, 19)), rng.normal(size=4000)
+    above = np.mean([n > M.threshold_at_fpr(v, 0.05) for v, n in zip(val, new)])
+    assert above == pytest.approx(0.05, abs=0.012)
+
+
+def test_bootstrap_resamples_the_validation_threshold_too():
+    """With the validation scores, each replicate chooses its threshold again: the specificity
+    interval widens (12 validation subjects: the threshold is their maximum, a noisy statistic),
+    the AUC interval (no threshold) stays exactly as it was."""
+    rng = np.random.default_rng(1)
+    val = rng.normal(size=12)
+    labels = np.r_[np.zeros(27), np.ones(27)]
+    scores = np.r_[rng.normal(size=27), rng.normal(1.5, 1, 27)]
+    thr = M.threshold_at_fpr(val, 0.05)
+    fixed = M.bootstrap_ci(labels, scores, thr, n=2000, seed=0)
+    moving = M.bootstrap_ci(labels, scores, thr, n=2000, seed=0, val_scores=val, fpr=0.05)
+    assert moving["subject_auc"] == fixed["subject_auc"]
+    width = {k: ci["specificity"][1] - ci["specificity"][0]
+             for k, ci in (("fixed", fixed), ("moving", moving))}
+    assert width["moving"] > 1.1 * width["fixed"]
+    assert moving["specificity"][0] < fixed["specificity"][0]

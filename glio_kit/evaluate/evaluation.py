@@ -43,7 +43,7 @@ from ..errors import GlioKitError, RunFolderError
 from ..run.config import EvaluateSettings, ScoreSettings
 from .markdown import metrics_markdown
 from .metrics import (METRIC_NAMES, best_dice_upper_bound, bootstrap_ci, pixel_metrics,
-                      pixel_threshold_from_healthy, roc, subject_metrics, threshold_at_fpr)
+                      expected_fpr, pixel_threshold_from_healthy, roc, subject_metrics, threshold_at_fpr)
 from .paper import paper_block
 
 __all__ = ["evaluate_run", "scored_slices", "detection_block", "load_detector_scores", "site_shift",
@@ -203,9 +203,12 @@ def detection_block(subj: pd.DataFrame, settings: EvaluateSettings) -> dict:
     out = {k: m[k] for k in METRIC_NAMES}
     out.update(threshold=thr, confusion=m["confusion"], n_test_healthy=m["n_healthy"],
                n_test_tumor=m["n_tumor"], n_val_healthy=int(len(val)), fpr_target=fpr,
-               val_fpr=float((val["score"].to_numpy() > thr).mean()), roc=m["roc"])
+               val_fpr=float((val["score"].to_numpy() > thr).mean()), roc=m["roc"],
+               val_specificity=float((val["score"].to_numpy() <= thr).mean()),
+               expected_fpr=expected_fpr(len(val), fpr), ci_resamples_validation=True)
     if m["n_healthy"] and m["n_tumor"] and n_boot > 0:
-        ci = bootstrap_ci(test["label"], test["score"], thr, n=n_boot, seed=seed)
+        ci = bootstrap_ci(test["label"], test["score"], thr, n=n_boot, seed=seed,
+                          val_scores=val["score"].to_numpy(), fpr=fpr)
         out["ci"] = {k: list(v) for k, v in ci.items()}
     else:
         out["ci"] = {}

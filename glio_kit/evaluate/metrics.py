@@ -146,13 +146,18 @@ def _auc_from_counts(wt: np.ndarray, wh: np.ndarray, pair: np.ndarray) -> np.nda
     return num / (wt.sum(1) * wh.sum(1))
 
 
-def bootstrap_ci(labels, scores, threshold: float, n: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+def bootstrap_ci(labels, scores, threshold: float, n: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 val_scores=None, fpr: float = 0.05) -> dict:
     """Percentile confidence intervals of every subject metric by a stratified bootstrap.
 
     labels : (n_subjects,) 0 = healthy, 1 = tumour. scores : (n_subjects,).
     Healthy and tumour subjects are resampled separately (with replacement, each group at
-    its own size), so every replicate keeps both classes and AUC is always defined. The
-    threshold stays fixed: it was chosen on validation data, not on the test set.
+    its own size), so every replicate keeps both classes and AUC is always defined.
+    val_scores : (n_val,) healthy validation scores, or None. Given, they are resampled too and
+        each replicate's threshold is chosen again from them (:func:`threshold_at_fpr` at
+        ``fpr``), so the intervals include the threshold's own uncertainty (with 12 validation
+        subjects the threshold is their maximum, a noisy statistic). None: ``threshold`` stays
+        fixed in every replicate.
 
     Returns dict metric -> (lo, hi) for :data:`METRIC_NAMES` at level ``1 - alpha``
     (default 95%); ``n`` replicates drawn from ``np.random.default_rng(seed)``.
@@ -167,9 +172,15 @@ def bootstrap_ci(labels, scores, threshold: float, n: int = 1000, seed: int = 0,
     # multiplicities of each subject in each replicate (multinomial = resampling with replacement)
     wh = rng.multinomial(sh.size, np.full(sh.size, 1.0 / sh.size), size=n).astype(float)
     wt = rng.multinomial(st.size, np.full(st.size, 1.0 / st.size), size=n).astype(float)
-    fp = wh @ (sh > threshold)
+    thr = np.full(n, float(threshold))
+    if val_scores is not None:  # drawn after the test weights: the AUC's interval stays as it was
+        v = np.asarray(val_scores, dtype=float).ravel()
+        v = v[np.isfinite(v)]
+        k = int(math.floor(fpr * v.size + 1e-9))  # the rule of threshold_at_fpr, per replicate
+        thr = -np.sort(-v[rng.integers(0, v.size, size=(n, v.size))], axis=1)[:, k]
+    fp = (wh * (sh[None, :] > thr[:, None])).sum(axis=1)
     tn = sh.size - fp
-    tp = wt @ (st > threshold)
+    tp = (wt * (st[None, :] > thr[:, None])).sum(axis=1)
     # recall = tp / (tp + fn), and tp + fn = st.size in every replicate
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
@@ -187,6 +198,20 @@ def bootstrap_ci(labels, scores, threshold: float, n: int = 1000, seed: int = 0,
     )
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
     return {k: tuple(float(v) for v in np.percentile(r, q)) for k, r in reps.items()}
+
+
+def expected_fpr(n_val: int, fpr: float) -> float:
+    """The expected share of *new* healthy subjects above :func:`threshold_at_fpr`'s threshold.
+
+    The threshold is the (k+1)-th largest of ``n_val`` healthy validation scores, k = floor(fpr n);
+    for exchangeable healthy subjects a new one lies above it with probability (k+1) / (n+1)
+    (order statistics). So 12 validation subjects give 1/13 = 7.7 % at fpr 0.05, not 5 %;
+    19 give 1/20 = 5 %, 39 give 2/40 = 5 %.
+    """
+    if n_val < 1:
+        raise ValueError("expected_fpr needs at least one validation subject")
+    k = int(math.floor(fpr * n_val + 1e-9))
+    return (k + 1) / (n_val + 1)
 
 
 # -------------------------------------------------------------------- pixel level
