@@ -19,7 +19,8 @@ VALUES = dict(
     seed=3, device="cpu",
     synth_train_healthy=5, synth_test_healthy=3, synth_test_tumor=3, synth_voxel_size=5.0,
     synth_wmh_fraction=0.34,
-    normalisation="zscore", image_size=[32, 24], slab=[0.35, 0.65], n_slices=3, val_fraction=0.4,
+    normalisation="zscore", harmonisation="landmarks", image_size=[32, 24], slab=[0.35, 0.65], n_slices=3,
+    val_fraction=0.4,
     latent_dim=16, ngf=4, ndf=4, epochs=1, batch_size=4, lr=0.001, beta1=0.6, beta2=0.99, ema_decay=0.5,
     amp=False,
     checkpoint_every=2, compare_paper_lr_epochs=0,
@@ -89,6 +90,8 @@ def test_every_knob_changes_the_output_that_depends_on_it(knob_run):
     assert np.load(run_dir / "cache" / "images.npy", mmap_mode="r").shape[1:] == tuple(v["image_size"])
     prep = json.loads((run_dir / "cache" / "prep.json").read_text())
     assert prep["normalisation"] == v["normalisation"] and prep["slab"] == v["slab"]
+    assert prep["harmonisation"] == v["harmonisation"]
+    assert len(prep["harmonisation_reference"]["reference"]) == 11
     # train: the model's shape, epochs, checkpoints, the side run skipped
     import torch
 

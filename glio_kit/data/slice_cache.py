@@ -17,6 +17,7 @@ from .cohort import Subject
 from ..errors import InputError, RunFolderError
 from ..progress import quiet, tqdm
 from ..run.config import PrepSettings
+from .harmonise import harmonise_cache
 from .volumes import GENERATOR_WINDOW, preprocess_volume
 
 # ----------------------------------------------------------------------------- cache
@@ -184,8 +185,15 @@ def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progres
         shutil.rmtree(tmp, ignore_errors=True)
         raise _all_errors(errors)
     pd.DataFrame(warnings, columns=WARNING_COLUMNS).to_csv(tmp / "warnings.csv", index=False)
-    pd.DataFrame(rows).to_csv(tmp / "index.csv", index=False)
+    index = pd.DataFrame(rows)
+    index.to_csv(tmp / "index.csv", index=False)
     meta = {k: v for k, v in settings.identity().items() if not k.startswith("synth_")}
+    if settings.harmonisation == "landmarks":  # needs every subject: a second pass over the written slices
+        images = np.load(tmp / "images.npy", mmap_mode="r+")
+        meta["harmonisation_reference"] = harmonise_cache(images, np.load(tmp / "brain.npy", mmap_mode="r"),
+                                                          index)
+        images.flush()
+        del images
     meta["generator_window"] = GENERATOR_WINDOW[settings.normalisation]
     (tmp / "prep.json").write_text(json.dumps(meta, indent=2) + "\n")
     if folder.exists():

@@ -35,6 +35,8 @@ SMOKE_NOTE = ("smoke profile: the models are far too small to learn. Flat grey G
               "identical metrics are expected; this profile checks that the chain runs, not the method.")
 
 NORMALISATIONS = ("sd", "zscore", "percentile")
+#: Site harmonisation after the normalisation (glio_kit.data.harmonise).
+HARMONISATIONS = ("none", "landmarks")
 MAPPINGS = ("iterative", "encoder", "encoder+iterative")
 RESIDUAL_KINDS = ("positive", "absolute")
 
@@ -133,6 +135,8 @@ class PrepSettings(StepSettings):
     synth_wmh_fraction: float = knob(0.3, "synthetic cohort: share of healthy test subjects with "
                                           "WM hyperintensities")
     normalisation: str = knob("sd", "sd (paper: I / SD(I)) | zscore | percentile")
+    harmonisation: str = knob("none", "none (paper) | landmarks (percentiles matched to "
+                                      "healthy training ones)")
     image_size: tuple = knob((64, 64), "int (square) or [height, width]; paper: [448, 364]")
     slab: tuple = knob((0.40, 0.70), "axial slab as fractions of the brain's inferior-superior extent")
     n_slices: int = knob(16, "axial slices per subject taken from the slab")
@@ -146,6 +150,7 @@ class PrepSettings(StepSettings):
             raise ValueError(f"slab must be [low, high] with 0 <= low < high <= 1, got {self.slab!r}")
         object.__setattr__(self, "slab", slab)
         _choice("normalisation", self.normalisation, NORMALISATIONS)
+        _choice("harmonisation", self.harmonisation, HARMONISATIONS)
         if self.n_slices < 1:
             raise ValueError(f"n_slices must be at least 1, got {self.n_slices}")
         if not 0 <= self.val_fraction < 1:
