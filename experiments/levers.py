@@ -7,13 +7,14 @@ from a copy of its parent's trained run folder (the runner skips the identical p
 training, and redoes scoring onwards). Finished run folders are reused, so the command can be
 stopped and started again and the table rebuilt from what is there:
 
-    python experiments/levers.py --seeds 1 2 --out experiments/levers.md
-    python experiments/levers.py --seeds 1 2 3 --levers ema --out experiments/seeds.md   # seed table
+    python experiments/levers.py --seeds 1 2 3 --out experiments/levers.md      # choose on these
+    python experiments/levers.py --held-out --levers demo --out experiments/seeds.md  # then report 4-6
 
-Columns (test subjects of each development cohort; thresholds from its healthy validation
-subjects): the paper's score (mean of slice anomaly scores) AUC, the recommended score
-(lesion load) AUC and accuracy at the validation threshold, the residual-area AUC, pooled
-pixel Dice at the healthy-validation pixel threshold, the site-shift control and the wall
+Columns (test subjects of each cohort; thresholds from its healthy validation subjects): the
+paper's score (mean of raw slice anomaly scores, then scaled) AUC and accuracy, the recommended
+score's AUC, accuracy and specificity on test healthy at the validation threshold, the residual-area
+AUC, both baselines (intensity; voxel-wise healthy atlas |z| by the lesion-load and the area rule),
+pooled pixel Dice at the healthy-validation pixel threshold, the site-shift control and the wall
 time of the run's notebooks (minutes, for the machine and load it ran on).
 """
 from __future__ import annotations
@@ -32,18 +33,21 @@ from glio_kit.run.runner import run_chain  # noqa: E402
 
 #: name -> (knobs set away from the demo profile, the lever whose trained run it may start from)
 LEVERS: dict[str, tuple[dict, str | None]] = {
-    "demo-settings": (dict(ema_decay=0.0), None),  # the demo profile before this ablation
-    "ema": (dict(ema_decay=0.995), None),  # the demo profile's settings since
-    "ema+encoder-init": (dict(ema_decay=0.995, mapping="encoder+iterative"), "ema"),
-    "ema+300-healthy": (dict(ema_decay=0.995, synth_train_healthy=300, epochs=14), None),
+    "demo": (dict(), None),  # the demo profile as it is
+    "harmonisation": (dict(harmonisation="landmarks"), None),
+    "ema+encoder-init": (dict(mapping="encoder+iterative"), "demo"),
+    "plain-G": (dict(ema_decay=0.0), None),  # the demo before the moving average of G
 }
 DESCRIPTIONS = {
-    "demo-settings": "the demo profile as it was (48 + 12 healthy, 70 epochs, iterative mapping)",
-    "ema": "+ moving average of G's weights (decay 0.995) for sampling and mapping",
+    "demo": "the demo profile (49 train + 19 validation healthy, 70 epochs, moving average of G, iterative "
+            "mapping)",
+    "harmonisation": "+ site harmonisation: in-brain percentile landmarks matched to the healthy training "
+                     "subjects' (glio_kit.data.harmonise)",
     "ema+encoder-init": "+ mapping started from the f-AnoGAN encoder's z (then the same AnoGAN steps)",
-    "ema+300-healthy": "+ 300 healthy training subjects (240 train + 60 validation), 14 epochs: the "
-                       "same number of updates",
+    "plain-G": "- the moving average of G (ema_decay 0)",
 }
+#: Development seeds choose settings; held-out seeds are reported and choose nothing; 0 is the demo.
+DEVELOPMENT_SEEDS, HELD_OUT_SEEDS = (1, 2, 3), (4, 5, 6)
 
 
 def run_lever(runs: Path, lever: str, seed: int, progress: bool = False) -> Path:
@@ -74,15 +78,18 @@ def row(run: Path) -> dict:
     rec = m["recommended"]
     return dict(paper_auc=m["subject_auc"], paper_acc=m["accuracy"], recommended=rec["name"],
                 recommended_auc=rec["subject_auc"], recommended_acc=rec["accuracy"],
-                area_auc=m["residual_area"]["subject_auc"], dice=m["pixel_dice"],
+                recommended_spec=rec["specificity"], area_auc=m["residual_area"]["subject_auc"],
+                intensity_auc=m["baseline"]["subject_auc"], atlas_auc=m["atlas_lesion_load"]["subject_auc"],
+                atlas_area_auc=m["atlas_area"]["subject_auc"], dice=m["pixel_dice"],
                 pixel_auroc=m["pixel_auroc"], site_shift=m["site_shift"]["auc_slice_A"],
                 minutes=notebook_minutes(run))
 
 
-NUMBERS = ["paper_auc", "paper_acc", "recommended_auc", "recommended_acc", "area_auc", "dice", "pixel_auroc",
-           "site_shift", "minutes"]
-HEADER = ["paper's score AUC", "paper's score acc.", "lesion load AUC", "lesion load acc.",
-          "residual area AUC", "pooled Dice", "pixel AUROC", "site shift AUC", "minutes"]
+NUMBERS = ["paper_auc", "paper_acc", "recommended_auc", "recommended_acc", "recommended_spec", "area_auc",
+           "intensity_auc", "atlas_auc", "atlas_area_auc", "dice", "pixel_auroc", "site_shift", "minutes"]
+HEADER = ["paper's score AUC", "paper's score acc.", "recommended AUC", "recommended acc.",
+          "recommended test spec.", "residual area AUC", "intensity baseline AUC", "atlas lesion load AUC",
+          "atlas area AUC", "pooled Dice", "pixel AUROC", "site shift AUC", "minutes"]
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -100,7 +107,10 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="development cohort seeds (not 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEVELOPMENT_SEEDS),
+                   help=f"development cohort seeds {DEVELOPMENT_SEEDS} (not 0, the demo)")
+    p.add_argument("--held-out", action="store_true",
+                   help=f"report the held-out seeds {HELD_OUT_SEEDS}: only after every setting is chosen")
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
     p.add_argument("--runs", type=Path, default=Path("runs/levers"), help="where the run folders go")
     p.add_argument("--table-only", action="store_true", help="only collect the run folders already done")
@@ -108,6 +118,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if 0 in a.seeds:
         p.error("seed 0 is the demo cohort: choose settings on other seeds, then run the demo once")
+    if a.held_out:
+        a.seeds = list(HELD_OUT_SEEDS)
+    elif set(a.seeds) & set(HELD_OUT_SEEDS):
+        p.error(f"seeds {HELD_OUT_SEEDS} are held out: they choose nothing; report them with --held-out")
     rows = []
     for lever in a.levers:
         for seed in a.seeds:
@@ -125,7 +139,8 @@ def main(argv=None) -> int:
     if a.out:
         seeds = " ".join(map(str, a.seeds))
         levers = "\n".join(f"- **{k}**: {DESCRIPTIONS[k]} (`{json.dumps(LEVERS[k][0])}`)" for k in a.levers)
-        command = f"python experiments/levers.py --seeds {seeds} --levers {' '.join(a.levers)}"
+        which = "--held-out" if a.held_out else f"--seeds {seeds}"
+        command = f"python experiments/levers.py {which} --levers {' '.join(a.levers)}"
         a.out.write_text(f"Command: `{command}`\n\n{levers}\n\n{text}\n")
     return 0
 
