@@ -304,3 +304,14 @@ def test_notes_count_validation_subjects_in_words():
 
     assert "on 1 healthy validation subject at" in " ".join(_notes({"n_val_healthy": 1, "fpr_target": 0.05}))
     assert "on 12 healthy validation subjects at" in " ".join(_notes({"n_val_healthy": 12}))
+
+
+def test_metrics_md_shows_validation_specificity_and_the_rules_guarantee(tmp_path):
+    run, _ = write_scored_run(tmp_path / "run")  # 4 healthy validation subjects
+    res = E.evaluate_run(run, S)
+    assert res["expected_fpr"] == pytest.approx(1 / 5) and res["ci_resamples_validation"] is True
+    assert res["val_specificity"] == pytest.approx(1 - res["val_fpr"])
+    md = (run / "metrics.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| expected share of new healthy"))
+    assert row.split(" | ")[2] == "0.200"  # 1/(4+1): 4 validation subjects cannot mean 5 %
+    assert any(ln.startswith("| specificity on healthy validation") for ln in md.splitlines())

@@ -67,6 +67,11 @@ def _count_rows(blocks: list[dict], paper: dict) -> list[str]:
                               for b in blocks) + " |")
     lines.append("| subject threshold (from healthy validation) | – | "
                  + " | ".join(_g(b.get("threshold")) for b in blocks) + " |")
+    # the specificity the threshold was chosen for, beside the test one above, and the rule's guarantee
+    lines.append("| specificity on healthy validation (where the threshold was chosen) | – | "
+                 + " | ".join(_fmt(b.get("val_specificity")) for b in blocks) + " |")
+    lines.append("| expected share of new healthy subjects flagged ((k+1)/(n+1)) | 0.05 (target) | "
+                 + " | ".join(_fmt(b.get("expected_fpr")) for b in blocks) + " |")
     return lines
 
 
