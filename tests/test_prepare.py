@@ -207,6 +207,27 @@ def test_inputs_unchanged_and_rerun_skips(prepared, capsys):
     assert list(pd.read_csv(out / "prepare.csv")["status"]) == ["done earlier"] * 3
 
 
+def test_a_second_prepare_into_the_same_folder_waits_then_skips(prepared):
+    """One writer per output folder: while another holds OUT_DIR's lock, prepare waits (saying
+    so); once it is released it finds every subject done and skips them; the lock file goes."""
+    import threading
+
+    from glio_kit.filelock import exclusive
+
+    out, said, rows = prepared["out"], [], []
+    lock = out / prepare.LOCK_NAME
+    with exclusive(lock, "a test holding the folder"):
+        t = threading.Thread(target=lambda: rows.extend(prepare.prepare_cohort(prepared["raw"], out,
+                                                                               say=said.append)))
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive() and any("waiting for" in m for m in said), said
+        assert not rows
+    t.join(timeout=120)
+    assert [r["status"] for r in rows] == ["done earlier"] * 3
+    assert not lock.exists()
+
+
 def test_out_inside_raw_refused(prepared, capsys):
     assert main(["prepare", str(prepared["raw"]), str(prepared["raw"] / "out")]) == 2
     assert "must lie outside the raw folder" in capsys.readouterr().err

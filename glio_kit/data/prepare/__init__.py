@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...filelock import exclusive
 from .brain import MASK_METHODS, REAL_EXTRA, brain_mask
 from .layout import LAYOUTS, PREPARE_VERSION, clean_partial, find_subjects, plan_jobs, write_manifest
 from .qc import COLUMNS, write_overview, write_table
@@ -31,6 +32,10 @@ from .subject import prepare_subject, run_stages
 
 __all__ = ["COLUMNS", "LAYOUTS", "MASK_METHODS", "PREPARE_VERSION", "REAL_EXTRA", "brain_mask",
            "find_subjects", "load_template", "prepare_cohort", "prepare_subject", "read_scan", "run_stages"]
+
+
+#: The lock file inside OUT_DIR while a prepare writes there (removed when it ends).
+LOCK_NAME = ".glio-kit-prepare.lock"
 
 
 def prepare_cohort(raw, out, layout: str = "auto", brain_mask: str = "auto", n4_shrink: int = 4,
@@ -66,8 +71,16 @@ def prepare_cohort(raw, out, layout: str = "auto", brain_mask: str = "auto", n4_
     out = Path(out).expanduser()
     threads = max(1, (os.cpu_count() or 1) // max(1, int(workers)))
     settings = {"brain_mask": brain_mask, "n4_shrink": int(n4_shrink), "device": device, "threads": threads}
-    todo, done = plan_jobs(raw, out, layout, settings)
+    plan_jobs(raw, out, layout, settings)  # refuses a bad RAW_DIR / OUT_DIR before anything is created
     out.mkdir(parents=True, exist_ok=True)
+    # one writer per output folder: a second `glio-kit prepare` into it waits, then skips what is done
+    with exclusive(out / LOCK_NAME, f"the prepared cohort {out}", say=say):
+        return _prepare_locked(raw, out, layout, settings, executor, say)
+
+
+def _prepare_locked(raw, out: Path, layout: str, settings: dict, executor, say) -> list:
+    """:func:`prepare_cohort` while holding the output folder's lock."""
+    todo, done = plan_jobs(raw, out, layout, settings)
     for p in clean_partial(out):
         say(f"[prepare] removed {p} (a partial file of an interrupted run)")
     rows = [dict(r, status="done earlier") for r in done]
