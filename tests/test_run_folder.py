@@ -175,10 +175,9 @@ def test_failed_attempt_that_left_nothing_does_not_block_the_corrected_retry(tmp
     good, typo = tmp_path / "ixi_train", tmp_path / "ixi_trian"
     good.mkdir()
     params = dict(train_healthy_dir=str(good), test_healthy_dir=str(good), test_tumor_dir=str(good))
-    fake.fail = {"01_data_prep.ipynb": "before"}
-    with pytest.raises(GlioKitError, match="InputError"):
+    # the typo is refused before anything starts (issue 20, point 7)
+    with pytest.raises(GlioKitError, match="train_healthy_dir .*ixi_trian: no such folder"):
         chain(tmp_path / "run", fake, params=dict(params, train_healthy_dir=str(typo)))
-    fake.fail = {}
     # an attempt that claimed the step, failed and left no cache is replaced without --force
     run = RunDir(tmp_path / "run")
     run.claim_step("prep", get_config("smoke").prep, extra={"train_healthy": str(typo)})
@@ -403,8 +402,8 @@ def test_batch_refuses_a_folder_of_the_users_and_reads_paths_from_the_working_di
     monkeypatch.chdir(grids)  # paths come from where the command runs (issue 20, point 9)
     spec = load_grid(grid)
     assert spec["out"] == str(mine) and spec["test_tumor_dir"] == str(grids / "data" / "brats")
-    monkeypatch.chdir(mine)
-    assert load_grid(grid)["out"] == str(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert load_grid(grid)["out"] == str(tmp_path.parent / "results")
     monkeypatch.chdir(grids)
 
     def executor(*a, **k):

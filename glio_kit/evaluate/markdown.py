@@ -135,11 +135,12 @@ def metrics_markdown(result: dict) -> str:
     paper = result.get("paper", PAPER)
     cols = _columns(result)
     blocks = [b for _, _, b in cols]
-    lines = [f"**Note:** {result['note']}", ""] if result.get("note") else []  # a smoke run says so
-    lines += ["| metric | paper | " + " | ".join(h for _, h, _ in cols) + " |",
-              "|---|---|" + "---|" * len(cols)]
+    lines = ["| metric | paper | " + " | ".join(h for _, h, _ in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
     lines += _subject_rows(blocks, paper)
     lines += _count_rows(blocks, paper)
     if result.get("has_masks"):
         lines += _pixel_rows(cols)
+    if result.get("note"):  # a smoke run says, right under its numbers, that they mean nothing
+        lines += ["", f"**Note:** {result['note']}"]
     return "\n".join(lines + _notes(result))

@@ -139,9 +139,9 @@ def summary_markdown(table: pd.DataFrame, grid_names: list[str], profile: str = 
     others = [d.name for d in other_detectors()]
     top, rec = D.top_level(), recommended(table)
     mark = {d.name: (" = RECOMMENDED" if d.name == rec else "") for d in D.DETECTORS.values()}
-    cols = ["run", *grid_names, f"{top.column}{mark[top.name]}: subject AUC (95% CI)", "accuracy (95% CI)",
+    cols = ["run", *grid_names, f"subject AUC (95% CI; {top.column}{mark[top.name]})", "accuracy (95% CI)",
             "precision", "recall", "pixel Dice",
-            *[f"{d.column}{mark[d.name]}: AUC" for d in other_detectors()], "seconds", "status"]
+            *[f"{d.name} AUC ({d.column}{mark[d.name]})" for d in other_detectors()], "seconds", "status"]
     lines = [SMOKE_NOTE, ""] if profile == "smoke" else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():

@@ -84,10 +84,12 @@ def cmd_run(args) -> int:
     from .runner import check_cohort, run_chain  # slow import (torch, papermill, dask): only when run
 
     params = parse_assignments(args.param)
-    given = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key in COHORT_FLAGS.items()}
-    # every missing folder named, by its flag, before a run folder or a kernel is touched
-    check_cohort(given, labels={key: flag for flag, key in COHORT_FLAGS.items()})
-    params.update({key: val for key, val in given.items() if val})
+    flags = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key in COHORT_FLAGS.items()}
+    # every missing folder named, by its flag (or -p name), before a run folder or a kernel is touched
+    check_cohort({key: val or params.get(key) for key, val in flags.items()},
+                 labels={key: flag if flags[key] or not params.get(key) else f"-p {key}"
+                         for flag, key in COHORT_FLAGS.items()})
+    params.update({key: val for key, val in flags.items() if val})
     report = run_chain(args.run_dir, chosen_profile(args.profile), params, notebooks=args.notebook,
                        force=args.force)
     for r in report:
@@ -156,6 +158,16 @@ def cmd_notebooks(args) -> int:
     return 0
 
 
+def add_examples_parser(sub) -> None:
+    e = sub.add_parser("examples", help="write the example grid files for glio-kit batch into a folder",
+                       description="Write the example grids shipped with the kit (grid_smoke.yaml: a 2x2 "
+                                   "smoke grid; grid.yaml: the demo's lambda x mapping grid; "
+                                   "grid_slurm.yaml: the paper profile on SLURM) into DEST. A file "
+                                   "already in DEST is kept as it is, never overwritten.")
+    e.add_argument("dest", help="folder to write into (created if needed)")
+    e.set_defaults(func=cmd_examples)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glio-kit", description=HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,14 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     add_prepare_parser(sub)
-
-    e = sub.add_parser("examples", help="write the example grid files for glio-kit batch into a folder",
-                       description="Write the example grids shipped with the kit (grid_smoke.yaml: a 2x2 "
-                                   "smoke grid; grid.yaml: the demo's lambda x mapping grid; "
-                                   "grid_slurm.yaml: the paper profile on SLURM) into DEST. A file "
-                                   "already in DEST is kept as it is, never overwritten.")
-    e.add_argument("dest", help="folder to write into (created if needed)")
-    e.set_defaults(func=cmd_examples)
+    add_examples_parser(sub)
 
     n = sub.add_parser("notebooks", help="copy the notebooks 01-05 into a folder, to open in JupyterLab",
                        description="Copy the chain's notebooks (stored without outputs) into DEST. "

@@ -39,12 +39,12 @@ def profiles_line() -> str:
 
 
 def step_time(step: str) -> str:
-    """One step's time in both measured profiles, e.g. ``"smoke 19 s, demo 7 min 33 s"``."""
+    """One step's time in every profile, e.g. ``"*smoke* 19 s, *demo* 7 min 33 s, *paper* not
+    measured yet"`` (Markdown: the notebooks' words)."""
     parts = []
     for profile, steps in STEPS.items():
         s = steps.get(step)
-        parts.append(f"{profile} {duration(s)}" if s is not None else
-                     f"{profile} with the next notebook")
+        parts.append(f"*{profile}* {duration(s)}" if s is not None else f"*{profile}* with the next notebook")
     if step == "metrics":
         parts[-1] += " (notebooks 04 and 05 together)"
-    return ", ".join(parts)
+    return ", ".join(parts + [f"*paper* {run_time('paper')}"])
