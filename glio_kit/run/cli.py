@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare_parser(sub)
     add_examples_parser(sub)
 
-    n = sub.add_parser("notebooks", help="copy the notebooks 01-05 into a folder, to open in JupyterLab",
-                       description="Copy the chain's notebooks (stored without outputs) into DEST. "
+    n = sub.add_parser("notebooks", help="copy the notebooks (00-05) into a folder, to open in JupyterLab",
+                       description="Copy the notebooks (the chain's 01-05 and 00_prepare_real_data; "
+                                   "stored without outputs) into DEST. "
                                    "A notebook already in DEST is kept as it is, never overwritten.")
     n.add_argument("dest", help="folder to copy into (created if needed)")
     n.add_argument("--exercises", action="store_true",
