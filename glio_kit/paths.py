@@ -34,3 +34,15 @@ def notebooks_dir() -> Path:
             return d
     raise GlioKitError(f"no notebooks found in {checkout or here / 'notebooks'}; the installation is "
                        f"incomplete: reinstall glio-kit (pip install --force-reinstall glio-kit)")
+
+
+def examples_dir() -> Path:
+    """The example grid files: ``examples/`` of the checkout (an editable install), else the
+    copies shipped inside the package (``glio_kit/examples``)."""
+    here = Path(__file__).resolve().parent  # glio_kit/
+    for d in (here.parent / "examples" if (here.parent / "pyproject.toml").exists() else None,
+              here / "examples"):
+        if d is not None and d.is_dir() and any(d.glob("*.yaml")):
+            return d
+    raise GlioKitError(f"no example grids found in {here / 'examples'}; the installation is incomplete: "
+                       f"reinstall glio-kit (pip install --force-reinstall glio-kit)")

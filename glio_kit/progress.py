@@ -107,7 +107,10 @@ class LineBar:
 
     # -- the lines
     def _count(self) -> str:
-        return f"{self.n}/{self.total} {self.unit}" if self.total is not None else f"{self.n} {self.unit}"
+        """``"3/8 subject"``: the bar's own unit, or a bare count where the loop named none (tqdm's
+        generic ``it`` would sit beside another bar's ``subject`` for the same subjects)."""
+        unit = "" if self.unit in ("", "it") else f" {self.unit}"
+        return f"{self.n}/{self.total}{unit}" if self.total is not None else f"{self.n}{unit}"
 
     def _status(self, now: float) -> str:
         elapsed = now - self.start

@@ -45,21 +45,24 @@ def test_help_is_plain_text(argv, capsys):
     assert len(body.split("positional arguments")[0].strip()) > 40
 
 
+PREPARE_NOTEBOOK = "00_prepare_real_data.ipynb"  # not a step of the chain, copied too (issue 17)
+
+
 def test_copy_notebooks_never_overwrites(tmp_path):
     mine = tmp_path / "nb" / STEPS[0].notebook
     mine.parent.mkdir()
     mine.write_text("my own work")
     copied, kept = copy_notebooks(tmp_path / "nb")
     assert kept == [mine] and mine.read_text() == "my own work"
-    assert sorted(p.name for p in copied) == sorted(s.notebook for s in STEPS[1:])
+    assert sorted(p.name for p in copied) == sorted({s.notebook for s in STEPS[1:]} | {PREPARE_NOTEBOOK})
     assert all(p.read_bytes() == (notebooks_dir() / p.name).read_bytes() for p in copied)
     copied, kept = copy_notebooks(tmp_path / "nb")  # again: everything is there already
-    assert copied == [] and len(kept) == len(STEPS)
+    assert copied == [] and len(kept) == len(STEPS) + 1
 
 
 def test_glio_kit_notebooks_command(tmp_path, capsys):
     assert main(["notebooks", str(tmp_path / "out")]) == 0
-    assert len(list((tmp_path / "out").glob("*.ipynb"))) == len(STEPS)
+    assert len(list((tmp_path / "out").glob("*.ipynb"))) == len(STEPS) + 1  # and 00_prepare_real_data
     assert "jupyter lab" in capsys.readouterr().out
     (tmp_path / "file").write_text("x")
     assert main(["notebooks", str(tmp_path / "file")]) == 2

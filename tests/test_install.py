@@ -75,7 +75,12 @@ def test_wheel_in_a_fresh_venv_runs_the_smoke_chain_from_an_empty_folder(tmp_pat
 
     # the notebooks copied out for students
     out = _run([kit, "notebooks", "mine"], cwd=empty, env=env)
-    assert sorted(p.name for p in (empty / "mine").glob("*.ipynb")) == sorted(s.notebook for s in STEPS)
+    assert sorted(p.name for p in (empty / "mine").glob("*.ipynb")) == sorted(
+        [s.notebook for s in STEPS] + ["00_prepare_real_data.ipynb"])
+
+    # the example grids come from the wheel (issue 20, point 9)
+    _run([kit, "examples", "grids"], cwd=empty, env=env)
+    assert (empty / "grids" / "grid_smoke.yaml").exists()
 
     # the student version, solutions filled in: one exercise notebook runs from the installed wheel
     _run([kit, "notebooks", "ex", "--exercises", "--fill-solutions"], cwd=empty, env=env)

@@ -49,6 +49,7 @@ def test_every_subpackage_ships_and_the_notebooks_too():
     subpackage must be added there, or the wheel would lack it."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "glio_kit").rglob("__init__.py")}
-    assert found | {"glio_kit.notebooks"} == set(setuptools["packages"])
-    assert setuptools["package-dir"] == {"glio_kit.notebooks": "notebooks"}
+    assert found | {"glio_kit.notebooks", "glio_kit.examples"} == set(setuptools["packages"])
+    assert setuptools["package-dir"] == {"glio_kit.notebooks": "notebooks", "glio_kit.examples": "examples"}
     assert setuptools["package-data"]["glio_kit.notebooks"] == ["*.ipynb"]
+    assert setuptools["package-data"]["glio_kit.examples"] == ["*.yaml"]

@@ -44,7 +44,7 @@ def test_resumed_bar_counts_the_rate_of_this_run_only():
 def test_iterating_and_disabled():
     out = io.StringIO()
     assert list(progress.LineBar([1, 2, 3], desc="preprocess", stream=out)) == [1, 2, 3]
-    assert out.getvalue().splitlines()[-1].startswith("[preprocess] done: 3/3 it")
+    assert out.getvalue().splitlines()[-1].startswith("[preprocess] done: 3/3 in ")  # no generic "it" unit
     quiet = io.StringIO()
     with progress.LineBar(total=3, disable=True, stream=quiet) as bar:
         bar.update(3)

@@ -40,7 +40,7 @@ from ..detect import detectors as D
 from ..detect.detectors import ScoredSlices, residual_settings
 from ..detect.scoring import load_residual_maps, load_slice_scores, load_subject_scores, score_settings
 from ..errors import GlioKitError, RunFolderError
-from ..run.config import EvaluateSettings, ScoreSettings
+from ..run.config import SMOKE_NOTE, EvaluateSettings, ScoreSettings
 from .markdown import metrics_markdown
 from .metrics import (METRIC_NAMES, best_dice_upper_bound, bootstrap_ci, pixel_metrics,
                       expected_fpr, pixel_threshold_from_healthy, roc, subject_metrics, threshold_at_fpr)
@@ -95,6 +95,8 @@ def evaluate_run(run, settings: EvaluateSettings, overwrite: bool = False) -> di
     result["recommended"] = dict(name=settings.recommended_score, **{k: v for k, v in rec.items()
                                                                      if k not in others})
     result = _jsonable(result)
+    if settings.profile == "smoke":  # its numbers (an AUC of 1.000 too) mean nothing: say so in both files
+        result["note"] = SMOKE_NOTE
     (run / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (run / "metrics.md").write_text(metrics_markdown(result))
     run.mark_done("metrics", subject_auc=result["subject_auc"], accuracy=result["accuracy"],

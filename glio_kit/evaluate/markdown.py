@@ -146,4 +146,6 @@ def metrics_markdown(result: dict) -> str:
     lines += _count_rows(blocks, paper)
     if result.get("has_masks"):
         lines += _pixel_rows(cols)
+    if result.get("note"):  # a smoke run says, right under its numbers, that they mean nothing
+        lines += ["", f"**Note:** {result['note']}"]
     return "\n".join(lines + _notes(result))

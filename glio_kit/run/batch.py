@@ -3,7 +3,7 @@
 The YAML file::
 
     profile: demo                 # smoke | demo | paper
-    out: ../runs/grid-demo        # batch folder (relative paths: from the grid file's folder)
+    out: runs/grid-demo           # batch folder (relative paths: from where glio-kit batch runs)
     train_healthy_dir: ""         # optional cohort folders ("" = the synthetic cohort)
     test_healthy_dir: ""
     test_tumor_dir: ""
@@ -54,7 +54,7 @@ from .engine import Engine
 from .runner import run_chain
 from .steps import refuse_unknown_parameters
 from ..atomic import write_text
-from .batch_summary import summarise
+from .batch_summary import previous_timings, summarise
 from ..errors import GlioKitError
 from .lock import LOCK_FILE, run_lock
 from .rundir import RUN_MARKER, RunDir
@@ -174,7 +174,8 @@ def run_batch(grid_path, workers: int = 1, force: bool = False, executor=None, d
     plan = _plan_batch(grid_path, declared)
     say = print if progress else (lambda *a, **k: None)
     with run_lock(plan.out, f"glio-kit batch {grid_path}", lock_file=BATCH_LOCK, marker=BATCH_MARKER):
-        status = {name: dict(status="done earlier", seconds=0.0, error="")
+        earlier = previous_timings(plan.out)  # a finished run keeps the time it took when it ran
+        status = {name: dict(status="done earlier", error="", **earlier.get(name, dict(seconds=0.0)))
                   for name, r in plan.by_name.items() if not force and is_finished(r["dir"])}
         pending = [r["name"] for r in plan.runs if r["name"] not in status]
         _write_batch_json(plan)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .. import __version__
 from .config import (DEFAULT_PROFILE, PROFILE_ENV, PROFILES, SMOKE_NOTE, get_config, parse_assignments,
@@ -16,23 +17,32 @@ from .prepare_cli import add_parser as add_prepare_parser
 from ..errors import GlioKitError
 from .lock import run_lock
 from .rundir import RunDir
+from .timings import profiles_line, run_time
 
-HELP = """Teach and reproduce unsupervised glioma detection with a DCGAN (glio-kit).
+HELP = f"""Teach and reproduce unsupervised glioma detection with a DCGAN (glio-kit).
 
 examples:
-  glio-kit run --profile smoke --run-dir runs/smoke   notebooks 01-05 in order (about a minute)
-  glio-kit run --profile demo --run-dir runs/demo     the demo (about 11 minutes on 2 CPU cores)
+  glio-kit run --profile smoke --run-dir runs/smoke   notebooks 01-05 in order ({run_time("smoke")})
+  glio-kit run --profile demo --run-dir runs/demo     the demo ({run_time("demo")})
   glio-kit report runs/demo                           one HTML page of a run (metrics, figures, settings)
-  glio-kit batch examples/grid_smoke.yaml             a grid of runs and a summary table
+  glio-kit examples my-grids                          write the example grid files
+  glio-kit batch my-grids/grid_smoke.yaml             a grid of runs and a summary table
   glio-kit notebooks my-notebooks                     copy the notebooks out, to open in JupyterLab
   glio-kit notebooks my-notebooks --exercises         the student version: exercises, checks, hints
   glio-kit synth data/my-cohort --seed 1              write a synthetic cohort
   glio-kit prepare downloads/IXI-T2 data/ixi          raw scans in: skull strip, N4, MNI152, QC
 
 The profile (smoke | demo | paper) comes from --profile, else $GLIO_KIT_PROFILE, else demo.
+Run times: {profiles_line()}.
 GLIO_KIT_DATA sets where generated cohorts go (default: ./data, or data/ of a checkout).
 """
 
+
+#: The one line Ctrl-C prints (exit status 130).
+INTERRUPTED = "glio-kit: interrupted; nothing is lost: rerun the same command to resume"
+#: The cohort flags of glio-kit run and the notebook parameters they set.
+COHORT_FLAGS = {"--train-healthy": "train_healthy_dir", "--test-healthy": "test_healthy_dir",
+                "--test-tumor": "test_tumor_dir"}
 
 PROFILE_HELP = f"smoke | demo | paper (default: ${PROFILE_ENV}, else {DEFAULT_PROFILE})"
 
@@ -47,7 +57,8 @@ def chosen_profile(given: str | None) -> str:
                            f"{sorted(PROFILES)})") from None
     source = "--profile" if given else (f"${PROFILE_ENV}" if env else "the default; choose with --profile "
                                         f"or ${PROFILE_ENV}")
-    print(f"[glio-kit] profile: {name} (from {source})", flush=True)
+    took = "" if given or env else f"; {run_time(name)}, --profile smoke: {run_time('smoke')}"
+    print(f"[glio-kit] profile: {name} (from {source}{took})", flush=True)
     if name == "smoke":
         print(f"[glio-kit] {SMOKE_NOTE}", flush=True)
     return name
@@ -70,13 +81,15 @@ def cmd_synth(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runner import run_chain  # slow import (torch, papermill, dask): only when the command runs
+    from .runner import check_cohort, run_chain  # slow import (torch, papermill, dask): only when run
 
     params = parse_assignments(args.param)
-    for key, val in (("train_healthy_dir", args.train_healthy), ("test_healthy_dir", args.test_healthy),
-                     ("test_tumor_dir", args.test_tumor)):
-        if val:
-            params[key] = val
+    flags = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key in COHORT_FLAGS.items()}
+    # every missing folder named, by its flag (or -p name), before a run folder or a kernel is touched
+    check_cohort({key: val or params.get(key) for key, val in flags.items()},
+                 labels={key: flag if flags[key] or not params.get(key) else f"-p {key}"
+                         for flag, key in COHORT_FLAGS.items()})
+    params.update({key: val for key, val in flags.items() if val})
     report = run_chain(args.run_dir, chosen_profile(args.profile), params, notebooks=args.notebook,
                        force=args.force)
     for r in report:
@@ -117,6 +130,19 @@ def cmd_batch(args) -> int:
     return 0
 
 
+def cmd_examples(args) -> int:
+    from .runner import copy_examples  # slow import (torch, papermill, dask): only when the command runs
+
+    copied, kept = copy_examples(args.dest)
+    for path in copied:
+        print(f"copied {path}")
+    for path in kept:
+        print(f"kept {path} (already there; not overwritten)")
+    print(f"try one with: glio-kit batch {Path(args.dest) / 'grid_smoke.yaml'}  ('out:' in a grid file is "
+          f"taken from the folder you run glio-kit batch in)")
+    return 0
+
+
 def cmd_notebooks(args) -> int:
     from .runner import copy_notebooks  # slow import (torch, papermill, dask): only when the command runs
 
@@ -126,9 +152,20 @@ def cmd_notebooks(args) -> int:
     for path in kept:
         print(f"kept {path} (already there; not overwritten)")
     print(f"open them with: jupyter lab {args.dest}\n"
-          f"notebooks 02-05 read the run folder the ones before wrote: run 01 first, or point their "
-          f"run_dir parameter (or GLIO_KIT_RUN_DIR) at a folder made by glio-kit run")
+          f"notebooks 02-05 read the run folder the ones before wrote: with run_dir empty they find "
+          f"runs/<profile> beside {args.dest} or in it (e.g. made by glio-kit run --run-dir runs/smoke "
+          f"here) and take its profile; else run 01 first, or set run_dir (or GLIO_KIT_RUN_DIR)")
     return 0
+
+
+def add_examples_parser(sub) -> None:
+    e = sub.add_parser("examples", help="write the example grid files for glio-kit batch into a folder",
+                       description="Write the example grids shipped with the kit (grid_smoke.yaml: a 2x2 "
+                                   "smoke grid; grid.yaml: the demo's lambda x mapping grid; "
+                                   "grid_slurm.yaml: the paper profile on SLURM) into DEST. A file "
+                                   "already in DEST is kept as it is, never overwritten.")
+    e.add_argument("dest", help="folder to write into (created if needed)")
+    e.set_defaults(func=cmd_examples)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("batch", help="a grid of runs from a YAML file, with a summary table",
                        description="Run every point of a parameter grid (a YAML file: profile, out, base, "
-                                   "grid; see examples/grid.yaml and examples/grid_smoke.yaml). Runs that "
+                                   "grid; `glio-kit examples DIR` writes examples). Relative paths in the "
+                                   "file (out, cohort folders) are taken from the folder you run the "
+                                   "command in, not from the grid file's. Runs that "
                                    "differ only in later steps share the data preparation and the trained "
                                    "DCGAN; runs finished earlier are skipped. Writes OUT/summary.csv, "
                                    "summary.md and summary.png and prints where.")
@@ -191,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     add_prepare_parser(sub)
+    add_examples_parser(sub)
 
-    n = sub.add_parser("notebooks", help="copy the notebooks 01-05 into a folder, to open in JupyterLab",
-                       description="Copy the chain's notebooks (stored without outputs) into DEST. "
+    n = sub.add_parser("notebooks", help="copy the notebooks (00-05) into a folder, to open in JupyterLab",
+                       description="Copy the notebooks (the chain's 01-05 and 00_prepare_real_data; "
+                                   "stored without outputs) into DEST. "
                                    "A notebook already in DEST is kept as it is, never overwritten.")
     n.add_argument("dest", help="folder to copy into (created if needed)")
     n.add_argument("--exercises", action="store_true",
@@ -212,6 +253,9 @@ def main(argv=None) -> int:
     except GlioKitError as err:
         print(f"glio-kit: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the runner stopped the kernels and marked the step unfinished
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ class ScoreSettings(StepSettings):
     """Step 03: latent mapping, scores and residual maps (AnoGAN: lambda 0.1, 500 steps)."""
 
     mapping: str = knob("iterative", "iterative (paper) | encoder | encoder+iterative")
-    mapping_steps: int = knob(150, "latent mapping steps (paper/AnoGAN: 500); demo: 150 fits 15 minutes")
+    mapping_steps: int = knob(150, "latent mapping steps (paper/AnoGAN: 500; the demo profile: 150)")
     mapping_lr: float = knob(0.05, "Adam learning rate of the latent search")
     mapping_batch_size: int = knob(128, "slices mapped at once (the same result at any size)", result=False)
     restarts: int = knob(1, "initial z per slice, the best kept")

@@ -36,7 +36,9 @@ def load_grid(path) -> dict:
     """Read and check a grid YAML file; returns dict profile, out, base, grid (+ cohort folders).
 
     ``out`` and the cohort folders (at the top, in ``base`` or in ``grid``) come back absolute,
-    relative ones taken from the grid file's folder (not from where the command runs)."""
+    relative ones taken from the working directory (where ``glio-kit batch`` runs), as every other
+    path the kit is given; not from the grid file's folder, so a grid written by ``glio-kit
+    examples`` anywhere puts its batch beside the user."""
     path = Path(path)
     if not path.exists():
         raise GlioKitError(f"{path}: grid file not found")
@@ -66,7 +68,7 @@ def load_grid(path) -> dict:
         profile = profile_name(spec.get("profile"))
     except ValueError as err:
         raise GlioKitError(f"{path}: {err}") from None
-    here = path.resolve().parent  # paths in a grid file are taken from the grid file's folder
+    here = Path.cwd()  # relative paths in a grid file: from where the command runs
     out = dict(profile=profile, out=_from(here, spec["out"]), base=dict(base), grid=dict(grid))
     for k in COHORT_KEYS:
         if spec.get(k):

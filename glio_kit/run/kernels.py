@@ -34,6 +34,16 @@ class TrackedKernelManager(AsyncKernelManager):
         super().__init__(*args, **kwargs)
         _KERNELS.add(self)
 
+    async def _async_interrupt_kernel(self):
+        """No interrupt on the way out: jupyter_client interrupts (SIGINT) every kernel before it
+        asks it to shut down, and a kernel that gets it while handling a message logs
+        ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel`` into a clean run's output.
+        A notebook that finished is idle; one that is stopped early is stopped by signals
+        (:func:`stop_kernels`)."""
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
+
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         """Start the kernel holding the run folder's lock too (:mod:`glio_kit.run.lock`)."""
         fds = inherited_descriptors()
@@ -87,8 +97,9 @@ def stop_kernels_on_signals():
         return
 
     def handler(signum, frame):
-        print(f"[glio-kit] {signal.Signals(signum).name}: stopping the notebook's kernel", file=sys.stderr,
-              flush=True)
+        if signum != signal.SIGINT:  # Ctrl-C: glio-kit's main says one line once the kernels are stopped
+            print(f"[glio-kit] {signal.Signals(signum).name}: stopping the notebook's kernel",
+                  file=sys.stderr, flush=True)
         stop_kernels()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt

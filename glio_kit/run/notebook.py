@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .config import SMOKE_NOTE, get_config
+from .config import DEFAULT_PROFILE, PROFILE_ENV, SMOKE_NOTE, get_config
 from ..device import choose_device, seed_everything
-from ..paths import default_run_dir, notebooks_dir
-from .rundir import RunDir
+from ..paths import default_run_dir, notebooks_dir, project_root
+from .rundir import RUN_MARKER, RunDir
 from .lock import hold_for_notebook
 from .steps import STEPS, step as get_step
 from datetime import datetime
@@ -110,17 +110,36 @@ def setup(step_name: str, namespace: dict):
     """
     st = get_step(step_name)
     knobs = {k: namespace[k] for k in st.settings.knobs() if k in namespace}
-    settings = get_config(namespace.get("profile") or None, **knobs).step(step_name)
-    run_dir = (namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR")
-               or default_run_dir(settings.profile))
+    profile = namespace.get("profile") or os.environ.get(PROFILE_ENV) or None
+    run_dir = namespace.get("run_dir") or os.environ.get("GLIO_KIT_RUN_DIR")
+    found = "" if run_dir else "found; "
+    run_dir = run_dir or find_run_dir(profile)
+    # no profile chosen: the run folder's own (run.json), so a copied notebook matches the run it reads
+    theirs = RunDir(run_dir, create=False).profile()
+    settings = get_config(profile or theirs, **knobs).step(step_name)
     hold_for_notebook(run_dir, st.notebook)
-    run = RunDir(run_dir)
+    run = RunDir(run_dir, profile=settings.profile)
     record_environment(run, step_name, header(st.notebook, settings))
-    print(f"run folder: {run.path}")
+    whose = f"made with the {theirs} profile" if theirs else "new"
+    print(f"run folder: {run.path} ({found}{whose}; choose another with run_dir or $GLIO_KIT_RUN_DIR)")
     if settings.profile == "smoke":
         print(f"NOTE: {SMOKE_NOTE}")
     seed_everything(settings.seed)
     return settings, run
+
+
+def find_run_dir(profile: str | None = None) -> Path:
+    """The run folder of a notebook given none: ``runs/<profile>`` (any profile when ``profile``
+    is None; the one written last when several) holding a ``run.json``, looked for beside the
+    notebook, in the folder above it (notebooks copied out by ``glio-kit notebooks`` next to the
+    user's ``runs/``) and in the checkout; none found: ``runs/<profile or demo>`` of the checkout
+    (or of the working directory)."""
+    roots = list(dict.fromkeys(p.resolve() for p in (Path.cwd(), Path.cwd().parent, project_root())))
+    for root in roots:
+        runs = sorted((root / "runs").glob(f"{profile or '*'}/{RUN_MARKER}"), key=lambda m: m.stat().st_mtime)
+        if runs:
+            return runs[-1].parent
+    return default_run_dir(profile or DEFAULT_PROFILE)
 
 
 def record_environment(run: RunDir, step_name: str, info: dict) -> None:

@@ -65,26 +65,56 @@ class RunDir:
     ...     run.mark_done("prep")
     """
 
-    def __init__(self, path, create: bool = True):
+    def __init__(self, path, create: bool = True, profile: str | None = None):
         self.path = Path(path).expanduser().resolve()
         if create:
-            self._adopt()
+            self.adopt(profile)
 
-    def _adopt(self) -> None:
-        marker = self.path / RUN_MARKER
+    def check(self) -> None:
+        """Refuse a path that cannot be a run folder (a file, a folder of the user's); writes nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path}: is a file, not a run folder; choose another run_dir")
         # the lock file (glio_kit.run.lock) is made before the folder is adopted
         others = self.path.exists() and any(f.name != LOCK_FILE for f in self.path.iterdir())
-        if others and not marker.exists():
+        if others and not (self.path / RUN_MARKER).exists():
             raise RunFolderError(
                 f"{self.path}: the folder is not empty and is not a glio-kit run folder "
                 f"(no {RUN_MARKER}); choose an empty or new run_dir so nothing of yours is overwritten"
             )
+
+    def adopt(self, profile: str | None = None) -> None:
+        """Make the folder a run folder (``steps/``, ``figures/``, ``run.json``); ``run.json``
+        records ``profile``, the profile the folder is made with (kept once set)."""
+        self.check()
+        marker = self.path / RUN_MARKER
         (self.path / "steps").mkdir(parents=True, exist_ok=True)
         (self.path / "figures").mkdir(exist_ok=True)
-        if not marker.exists():
-            write_text(marker, json.dumps({"glio_kit": __version__}, indent=2) + "\n")
+        meta = self._meta()
+        if not marker.exists() or (profile and not meta.get("profile")):
+            meta = dict(meta, glio_kit=meta.get("glio_kit", __version__), **({"profile": profile} if profile
+                                                                              else {}))
+            write_text(marker, json.dumps(meta, indent=2) + "\n")
+
+    def _meta(self) -> dict:
+        try:
+            meta = json.loads((self.path / RUN_MARKER).read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def profile(self) -> str | None:
+        """The profile the folder was made with: ``run.json``'s, else that of its step records
+        (a folder made before ``run.json`` recorded it); None for a new folder."""
+        if self._meta().get("profile"):
+            return self._meta()["profile"]
+        for rec in sorted((self.path / "steps").glob("*.json")):
+            try:
+                found = (json.loads(rec.read_text()).get("settings") or {}).get("profile")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if found:
+                return found
+        return None
 
     def __truediv__(self, other) -> Path:
         return self.path / other

@@ -15,36 +15,29 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import GlioKitError
+from ..errors import GlioKitError, RunFolderError
 from .kernels import TrackedKernelManager, stop_kernels_on_signals
-from .lock import run_lock
+from .lock import LOCK_FILE, run_lock
 from .notebook import freeze_widgets
 from ..progress import terminal_progress
 from .rundir import RunDir
-from ..paths import default_data_dir, notebooks_dir
+from ..paths import default_data_dir, examples_dir, notebooks_dir
 from .step_plan import force_step, plan_chain
 from .steps import STEPS, all_parameters, by_notebook, refuse_unknown_parameters, step
 
 
 def copy_notebooks(dest, exercises: bool = False,
                    fill_solutions: bool = False) -> tuple[list[Path], list[Path]]:
-    """Copy the chain's notebooks into ``dest`` (created if needed) for students to open.
+    """Copy the kit's notebooks (the chain's and ``00_prepare_real_data``) into ``dest``
+    (created if needed) for students to open.
 
     A file that already exists in ``dest`` is never overwritten (it may hold a student's work).
     ``exercises``: write the student version instead (:mod:`glio_kit.exercises.notebooks`),
     with the solutions kept in when ``fill_solutions``.
     Returns ``(copied, kept)``: the paths written and the existing paths left as they were.
     """
-    dest = Path(dest).expanduser()
-    if dest.exists() and not dest.is_dir():
-        raise GlioKitError(f"{dest}: is a file; give a folder to copy the notebooks into")
-    dest.mkdir(parents=True, exist_ok=True)
     copied, kept = [], []
-    for nb in available_notebooks():
-        out = dest / nb.name
-        if out.exists():
-            kept.append(out)
-            continue
+    for nb, out in _new_files(dest, every_notebook(), "the notebooks", kept):
         if exercises:
             from ..exercises.notebooks import write_exercise_notebook  # here: spares `run` the import
 
@@ -53,6 +46,37 @@ def copy_notebooks(dest, exercises: bool = False,
             shutil.copyfile(nb, out)
         copied.append(out)
     return copied, kept
+
+
+def _new_files(dest, sources: list[Path], what: str, kept: list):
+    """``(source, target)`` for each source not in ``dest`` yet (created if needed); the
+    targets already there go to ``kept``, never overwritten."""
+    dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise GlioKitError(f"{dest}: is a file; give a folder to copy {what} into")
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        if (dest / src.name).exists():
+            kept.append(dest / src.name)
+        else:
+            yield src, dest / src.name
+
+
+def copy_examples(dest) -> tuple[list[Path], list[Path]]:
+    """Write the example grid files shipped with the kit (:func:`glio_kit.paths.examples_dir`)
+    into ``dest``; a file already there is kept. Returns ``(copied, kept)``."""
+    copied, kept = [], []
+    for src, out in _new_files(dest, sorted(examples_dir().glob("*.yaml")), "the example grids", kept):
+        shutil.copyfile(src, out)
+        copied.append(out)
+    return copied, kept
+
+
+def every_notebook() -> list[Path]:
+    """Every notebook the kit ships: the chain's in order, then the others (``00_prepare_real_data``)
+    in name order."""
+    chain = available_notebooks()
+    return chain + sorted(set(notebooks_dir().glob("[0-9]*.ipynb")) - set(chain))
 
 
 def available_notebooks() -> list[Path]:
@@ -77,6 +101,28 @@ def notebook_parameters(notebook: str, params: dict) -> dict:
 PATH_PARAMETERS = ("train_healthy_dir", "test_healthy_dir", "test_tumor_dir")
 #: Environment variables holding paths that the kernels read.
 PATH_ENV = ("GLIO_KIT_DATA",)
+
+
+def check_cohort(params: dict, labels: dict | None = None) -> None:
+    """Refuse, naming every problem at once, cohort folders that cannot work: some of the three
+    given and others not, or a given one that does not exist. Nothing is touched; no kernel starts.
+
+    labels : how each parameter is called in the message (``glio-kit run`` passes its flags)."""
+    labels = labels or {k: k for k in PATH_PARAMETERS}
+    given = {k: params.get(k) or "" for k in PATH_PARAMETERS}
+    if not any(given.values()):
+        return  # the synthetic cohort
+    problems = []
+    absent = [labels[k] for k, v in given.items() if not v]
+    if absent:
+        problems.append(f"{' and '.join(absent)} not given: give all three cohort folders for real data, "
+                        f"or none for the synthetic cohort")
+    for k, v in given.items():
+        where = os.path.abspath(os.path.expanduser(str(v))) if v else ""
+        if v and not os.path.exists(where):
+            problems.append(f"{labels[k]} {v}: no such folder ({where})")
+    if problems:
+        raise GlioKitError("the cohort folders do not work; nothing was run:\n  " + "\n  ".join(problems))
 
 
 def resolve_paths(params: dict, base=None) -> dict:
@@ -155,23 +201,56 @@ def run_chain(run_dir, profile: str, params: dict | None = None, notebooks: list
     notebook's kernel stops it at once with :class:`~glio_kit.run.lock.FolderInUse`.
     Returns one dict per notebook: name, status ("ran" | "skipped"), seconds.
     """
+    check_cohort(params or {})
     params = resolve_paths(dict(params or {}))
     check_parameters(params)
     # the notebooks first: an incomplete installation leaves no half-made run folder behind
     nbs = available_notebooks() if not notebooks else [notebooks_dir() / n for n in notebooks]
-    with run_lock(run_dir):
-        return _run_locked(RunDir(run_dir), profile, params, nbs, force, log_output, progress)
+    run = RunDir(run_dir, create=False)
+    fresh, adopted = not run.path.exists(), []
+    try:
+        with run_lock(run_dir):
+            return _run_locked(run, profile, params, nbs, force, log_output, progress, adopted)
+    finally:
+        if fresh and not adopted:  # refused before anything ran: no skeleton folder is left
+            _remove_new_folder(run.path)
+
+
+def _remove_new_folder(path: Path) -> None:
+    """Remove a run folder this run made and then refused to use: its lock file, and the folder
+    if that leaves it empty (anything else in it stays)."""
+    (path / LOCK_FILE).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def refuse_other_profile(run: RunDir, profile: str, force) -> None:
+    """A folder holding steps done with another profile is refused, naming its profile (one
+    line instead of every knob that differs); ``force`` redoes them with the new one."""
+    theirs = run.profile()
+    if force or not theirs or theirs == profile or not any(run.is_done(s.name) for s in STEPS):
+        return
+    raise RunFolderError(f"{run.path}: this folder was made with the {theirs} profile (add --profile "
+                         f"{theirs}); this run uses the {profile} profile. Nothing was run or "
+                         f"overwritten. For the {profile} profile, use a new --run-dir.")
 
 
 def _run_locked(run: RunDir, profile: str, params: dict, nbs: list[Path], force, log_output: bool,
-                progress: bool) -> list[dict]:
-    """:func:`run_chain` once the run folder's lock is held."""
+                progress: bool, adopted: list) -> list[dict]:
+    """:func:`run_chain` once the run folder's lock is held; ``adopted`` gets an entry once the
+    folder is made a run folder (after every check that can refuse the run)."""
     out_dir = run.path / "notebooks"
     try:
         selected = [by_notebook(nb.name).name for nb in nbs]
     except KeyError as err:
         raise GlioKitError(str(err).strip('"')) from None
+    run.check()
+    refuse_other_profile(run, profile, force)
     plans = plan_chain(run, profile, params, selected, force_step(force, selected), out_dir)
+    run.adopt(profile)
+    adopted.append(run.path)
     out_dir.mkdir(exist_ok=True)
     for plan in plans:
         if plan.redo:
