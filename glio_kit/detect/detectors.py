@@ -44,7 +44,7 @@ ORIGINS = ("paper", "beyond the paper", "baseline")
 RESIDUAL_FORMULAS = {"positive": "max(x - G(z), 0)", "absolute": "|x - G(z)|"}
 #: Top-level keys of ``metrics.json`` that are not detectors: no other detector than the first
 #: (whose block is the top level) may be named so.
-RESERVED = ("paper", "params", "site_shift", "recommended", "residual", "roc", "ci", "confusion")
+RESERVED = ("paper", "params", "site_shift", "recommended", "residual", "roc", "ci", "confusion", "note")
 
 
 # ------------------------------------------------------------------ what detectors read
