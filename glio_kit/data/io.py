@@ -294,7 +294,8 @@ def load_segmentation(path, like: Volume) -> np.ndarray:
     InputError
         Any check of :func:`load_volume` except all-zero (an empty lesion mask is allowed),
         a shape that differs from ``like``'s, non-integer values, or labels outside
-        {0, 1, 2, 4} (BraTS 2023+ label 3, enhancing tumour, is read as 4 when there is no 4). The message starts with the segmentation's path.
+        {0, 1, 2, 4} (BraTS 2023+ label 3, enhancing tumour, is read as 4 when there is no 4). The
+        message starts with the segmentation's path.
     """
     path, img = _open_3d(path, "segmentation")
     data, _ = _read_canonical(path, img)

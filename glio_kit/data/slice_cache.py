@@ -160,7 +160,8 @@ def build_cache(subjects: list[Subject], folder, settings: PrepSettings, progres
     rows, warnings, errors = [], [], []
     files = {name: open(tmp / name, "r+b") for name in specs}
     try:
-        for k, subj in enumerate(tqdm(subjects, desc="preprocess", unit="subject", disable=not progress or quiet())):
+        bar = tqdm(subjects, desc="preprocess", unit="subject", disable=not progress or quiet())
+        for k, subj in enumerate(bar):
             try:
                 out = preprocess_volume(subj, settings)
             except InputError as err:  # every bad volume is reported, not only the first

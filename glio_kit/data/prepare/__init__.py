@@ -111,4 +111,5 @@ def _result(future, job) -> dict:
         return future.result()
     except Exception as err:  # noqa: BLE001 - the rest of the cohort goes on
         return {"subject": job.subject.subject, "status": "failed",
-                "warnings": f"{job.subject.image}: the worker preparing it stopped ({type(err).__name__}: {err})"}
+                "warnings": f"{job.subject.image}: the worker preparing it stopped "
+                            f"({type(err).__name__}: {err})"}

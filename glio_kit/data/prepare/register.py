@@ -8,9 +8,9 @@ pins numpy < 2.4 and scipy < 1.16).
 How: the brain (skull-stripped, bias-corrected) is moved onto the template's brain by its centre
 of mass, then a rigid and then a full affine transform are fitted, each maximising Mattes mutual
 information (T2 scan against a T1 template: MI needs no common contrast) over three resolutions
-(shrink 4, 2, 1; smoothing 2, 1, 0 mm; the rigid stage stops at shrink 2). The output is on exactly the grid of
-``nilearn.datasets.load_mni152_template(resolution=1)`` (shape and affine), which loads from
-nilearn's package data, no download.
+(shrink 4, 2, 1; smoothing 2, 1, 0 mm; the rigid stage stops at shrink 2). The output is on
+exactly the grid of ``nilearn.datasets.load_mni152_template(resolution=1)`` (shape and
+affine), which loads from nilearn's package data, no download.
 """
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def _method(shrink=(4, 2, 1), smooth=(2.0, 1.0, 0.0), iterations=200, seed=1):
     reg.SetInterpolator(sitk.sitkLinear)
     # regular-step descent: plain gradient descent's convergence window stopped after ~10
     # iterations per level and left 4.5 mm of error on a known perturbation (0.3 mm with this)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
-                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
+                                                 numberOfIterations=iterations, relaxationFactor=0.5,
+                                                 gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel(list(shrink))
     reg.SetSmoothingSigmasPerLevel(list(smooth))

@@ -95,9 +95,9 @@ def run_stages(image_path, seg_path=None, method="auto", n4_shrink=4, device="cp
     mask, used = brain_mask(image, method, (1.0, 1.0, 1.0), device)
     brain_ml = float(mask.sum()) / 1000.0  # 1 mm voxels
     if brain_ml < MIN_BRAIN_ML:
-        raise InputError(image_path, f"no brain found: the {used} brain mask holds {brain_ml:.0f} ml, an adult "
-                                     f"brain about 1000-1900 ml (is this a brain MRI? if it is already "
-                                     f"skull-stripped, use --brain-mask given)")
+        raise InputError(image_path, f"no brain found: the {used} brain mask holds {brain_ml:.0f} ml, "
+                                     f"an adult brain about 1000-1900 ml (is this a brain MRI? if it is "
+                                     f"already skull-stripped, use --brain-mask given)")
     lap("brain_mask")
     corrected, _ = n4_correct(image, mask, affine, shrink=n4_shrink)
     lap("n4")
@@ -169,7 +169,8 @@ def prepare_subject(job: Job, out_dir) -> dict:
         row.update(status="ok", brain_ml=round(res["brain_ml"], 1),
                    registration_dice=round(res["registration_dice"], 4),
                    registration_mi=round(res["registration_mi"], 4), warnings="; ".join(warn),
-                   brain_mask=res["brain_mask"], native_voxel_mm="x".join(f"{z:.2f}" for z in res["native_zooms"]),
+                   brain_mask=res["brain_mask"],
+                   native_voxel_mm="x".join(f"{z:.2f}" for z in res["native_zooms"]),
                    seconds=round(time.perf_counter() - start, 1), image=_rel(job.image_out, out_dir),
                    seg=_rel(job.seg_out, out_dir), transform=_rel(job.transform, out_dir),
                    qc=_rel(job.qc, out_dir), stage_seconds=res["seconds"])
@@ -179,5 +180,6 @@ def prepare_subject(job: Job, out_dir) -> dict:
     except Exception as err:  # noqa: BLE001 - one bad subject must not stop the cohort
         where = traceback.extract_tb(err.__traceback__)[-1]
         row.update(warnings=f"{s.image}: {type(err).__name__}: {err} (at {Path(where.filename).name}:"
-                            f"{where.lineno}); please report this", seconds=round(time.perf_counter() - start, 1))
+                            f"{where.lineno}); please report this",
+                   seconds=round(time.perf_counter() - start, 1))
     return row
